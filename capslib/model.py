@@ -1,0 +1,118 @@
+"""CapsNet: the whole network of Sabour, Frosst & Hinton (2017) as one ``keras.Model``.
+
+    model = capslib.CapsNet()
+    model.compile(optimizer="adam", loss=capslib.margin_loss, metrics=["categorical_accuracy"])
+    model.fit(x, y_onehot)                        # x (batch, 28, 28, 1) floats, y (batch, 10)
+    lengths, reconstructions = model.predict(x)   # (batch, 10), (batch, 28, 28, 1)
+
+Parameters with the paper's layers: 8,215,568 (``use_bias=True``, the official code's (10, 16)
+bias in DigitCaps, adds 160: 8,215,728).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from .layers import Decoder, DigitCaps, Length, Mask, PrimaryCaps
+from .losses import reconstruction_loss
+from .shapes import ShapeError, check_float, check_shape, format_shape, static_shape
+
+__all__ = ["CapsNet"]
+
+
+@keras.saving.register_keras_serializable(package="capslib")
+class CapsNet(keras.Model):
+    """CapsNet with the paper's defaults: conv1 256@9×9 → PrimaryCaps 32×8D → DigitCaps 10×16D
+    (3 routing iterations) → lengths; masked capsules → decoder 512-1024-784.
+
+    Input: images ``(batch, 28, 28, 1)``, float in [0, 1].
+    Output of ``call``/``predict``: ``(lengths, reconstructions)``, ``(batch, 10)`` and
+    ``(batch, 28, 28, 1)``; reconstructions come from the longest capsule.
+
+    Training: ``compile(loss=capslib.margin_loss)`` is applied to the lengths. ``compute_loss``
+    adds the reconstruction loss (weight 0.0005) with the decoder fed the capsule of the *true*
+    class, as the paper trains it; metrics (e.g. ``"categorical_accuracy"``) see the lengths.
+    Labels for ``fit``/``evaluate`` are one-hot ``(batch, 10)``.
+    """
+
+    def __init__(self, input_shape=(28, 28, 1), num_classes=10, routing_iterations=3,
+                 use_bias=False, conv_filters=256, primary_types=32, primary_dim=8,
+                 digit_dim=16, decoder_hidden=(512, 1024), reconstruction_weight=0.0005, **kwargs):
+        super().__init__(**kwargs)
+        self.image_shape = tuple(input_shape)
+        self.num_classes, self.routing_iterations, self.use_bias = num_classes, routing_iterations, use_bias
+        self.conv_filters, self.primary_types, self.primary_dim = conv_filters, primary_types, primary_dim
+        self.digit_dim, self.decoder_hidden = digit_dim, tuple(decoder_hidden)
+        self.reconstruction_weight = reconstruction_weight
+
+        self.conv1 = keras.layers.Conv2D(conv_filters, 9, activation="relu", name="conv1")
+        self.primary_caps = PrimaryCaps(primary_types, primary_dim, name="primary_caps")
+        self.digit_caps = DigitCaps(num_classes, digit_dim, routing_iterations, use_bias, name="digit_caps")
+        self.length = Length(name="length")
+        self.mask = Mask(name="mask")
+        self.decoder = Decoder(self.image_shape, self.decoder_hidden, name="decoder")
+        self.build((None,) + self.image_shape)
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for layer in (self.conv1, self.primary_caps, self.digit_caps):
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+        self.decoder.build((None, self.num_classes * self.digit_dim))
+        self.built = True
+
+    # -- the forward pass, in two halves so the book and the loss can use each ------------------
+
+    def check_images(self, images):
+        """Refuse images that are not ``(batch, H, W, C)`` floats of the configured size."""
+        shape = static_shape(images)
+        want = ("batch",) + self.image_shape
+        if len(shape) != 4:
+            hint = " — add a channel axis: x[..., None]" if shape[1:] == self.image_shape[:2] else ""
+            raise ShapeError(f"ShapeError in CapsNet (images): expected rank 4 {format_shape(want)}, "
+                             f"got rank {len(shape)} {format_shape(shape)}{hint}")
+        check_shape(images, want, "CapsNet", "images", ("batch", "height", "width", "channels"))
+        check_float(images, "CapsNet", "images")
+        if shape[0] == 0:
+            raise ShapeError(f"ShapeError in CapsNet (images): empty batch {format_shape(shape)}")
+
+    def encode(self, images):
+        """images ``(batch, 28, 28, 1)`` → digit capsules v ``(batch, 10, 16)``."""
+        self.check_images(images)
+        features = self.conv1(images)                                   # (batch, 20, 20, 256)
+        h, w = self.image_shape[0] - 8, self.image_shape[1] - 8
+        check_shape(features, ("batch", h, w, self.conv_filters), "conv1", "features",
+                    ("batch", "height", "width", "channels"))
+        u = self.primary_caps(features)                                 # (batch, 1152, 8)
+        return self.digit_caps(u)                                       # (batch, 10, 16)
+
+    def decode(self, v, labels=None):
+        """v ``(batch, 10, 16)`` → reconstructions ``(batch, 28, 28, 1)``, decoding the capsule of
+        ``labels`` (one-hot ``(batch, 10)``), or the longest capsule when labels is None."""
+        return self.decoder(self.mask(v, labels))
+
+    def call(self, images, training=False):
+        v = self.encode(images)
+        # compute_loss decodes the true class's capsule; it runs right after this call, in the
+        # same traced step, so it reads v from here instead of running the encoder twice.
+        self._capsules = v
+        return self.length(v), self.decode(v)
+
+    # -- training: what fit() and evaluate() call ------------------------------------------------
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        lengths, _ = y_pred
+        loss = super().compute_loss(x, y, lengths, sample_weight, training)   # the compiled margin loss
+        recon = self.decode(self._capsules, y)                                 # decoder fed the true class
+        return loss + reconstruction_loss(x, recon, self.reconstruction_weight)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        return super().compute_metrics(x, y, y_pred[0], sample_weight)        # metrics on lengths
+
+    def get_config(self):
+        return {**super().get_config(), "input_shape": self.image_shape, "num_classes": self.num_classes,
+                "routing_iterations": self.routing_iterations, "use_bias": self.use_bias,
+                "conv_filters": self.conv_filters, "primary_types": self.primary_types,
+                "primary_dim": self.primary_dim, "digit_dim": self.digit_dim,
+                "decoder_hidden": self.decoder_hidden, "reconstruction_weight": self.reconstruction_weight}
