@@ -2,6 +2,9 @@
 
 One implementation for the book "CapsNet, shape by shape": TensorFlow by default, and JAX or
 PyTorch through ``KERAS_BACKEND``. Shapes are written as named dims, e.g. ``(batch, 1152, 8)``.
+
+The public names below are stable: the book, the exercises and the tests use them. Importing
+capslib registers its layers with Keras, so ``keras.saving.load_model`` can read a saved CapsNet.
 """
 
 from .shapes import ShapeError, check_shape

@@ -87,6 +87,9 @@ class DigitCaps(keras.layers.Layer):
             kernel_initializer or keras.initializers.TruncatedNormal(stddev=0.01))
 
     def build(self, input_shape):
+        if len(input_shape) != 3:
+            raise ShapeError(f"ShapeError in {self.name} (u): expected rank 3 (batch, in_caps, in_dim), "
+                             f"got rank {len(input_shape)} {tuple(input_shape)}")
         _, self.in_caps, self.in_dim = input_shape
         if self.in_caps is None or self.in_dim is None:
             raise ShapeError(f"ShapeError in {self.name} (u): in_caps and in_dim must be known, got {input_shape}")
@@ -148,6 +151,9 @@ class Mask(keras.layers.Layer):
     """
 
     def call(self, v, labels=None):
+        if len(static_shape(v)) != 3:
+            raise ShapeError(f"ShapeError in {self.name} (v): expected rank 3 (batch, out_caps, out_dim), "
+                             f"got rank {len(static_shape(v))} {static_shape(v)}")
         _, n_caps, dim = static_shape(v)
         check_shape(v, ("batch", n_caps, dim), self.name, "v", ("batch", "out_caps", "out_dim"))
         if labels is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 from keras import ops
 
 from .shapes import ShapeError, check_shape, static_shape
@@ -9,6 +10,8 @@ from .shapes import ShapeError, check_shape, static_shape
 __all__ = ["margin_loss", "reconstruction_loss"]
 
 
+# Registered so a compiled model saved to .keras reloads with its loss (checkpoints, --resume).
+@keras.saving.register_keras_serializable(package="capslib")
 def margin_loss(y_true, lengths, m_plus=0.9, m_minus=0.1, lam=0.5):
     """Eq. 4: ``L_k = T_k max(0, m⁺ − |v_k|)² + λ (1 − T_k) max(0, |v_k| − m⁻)²``.
 

@@ -11,6 +11,8 @@ bias in DigitCaps, adds 160: 8,215,728).
 
 from __future__ import annotations
 
+import threading
+
 import keras
 from keras import ops
 
@@ -45,6 +47,7 @@ class CapsNet(keras.Model):
         self.conv_filters, self.primary_types, self.primary_dim = conv_filters, primary_types, primary_dim
         self.digit_dim, self.decoder_hidden = digit_dim, tuple(decoder_hidden)
         self.reconstruction_weight = reconstruction_weight
+        self._step = threading.local()
 
         self.conv1 = keras.layers.Conv2D(conv_filters, 9, activation="relu", name="conv1")
         self.primary_caps = PrimaryCaps(primary_types, primary_dim, name="primary_caps")
@@ -96,7 +99,8 @@ class CapsNet(keras.Model):
         v = self.encode(images)
         # compute_loss decodes the true class's capsule; it runs right after this call, in the
         # same traced step, so it reads v from here instead of running the encoder twice.
-        self._capsules = v
+        # Thread-local: MirroredStrategy runs one replica per thread.
+        self._step.capsules = v
         return self.length(v), self.decode(v)
 
     # -- training: what fit() and evaluate() call ------------------------------------------------
@@ -104,7 +108,7 @@ class CapsNet(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         lengths, _ = y_pred
         loss = super().compute_loss(x, y, lengths, sample_weight, training)   # the compiled margin loss
-        recon = self.decode(self._capsules, y)                                 # decoder fed the true class
+        recon = self.decode(self._step.capsules, y)                                 # decoder fed the true class
         return loss + reconstruction_loss(x, recon, self.reconstruction_weight)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):

@@ -24,6 +24,10 @@ __all__ = ["ShapeError", "check_shape", "check_float", "static_shape", "format_s
 class ShapeError(ValueError):
     """A tensor or an input has the wrong shape, dtype or values; the message names the stage."""
 
+    # AutoGraph re-raises errors from inside tf.function as its own StagingError unless the
+    # class keeps Exception's constructor; this keeps `except capslib.ShapeError` working there.
+    __init__ = Exception.__init__
+
 
 def static_shape(x):
     """The static shape of ``x`` as a tuple of ints and ``None`` (any backend, NumPy too)."""

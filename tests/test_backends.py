@@ -1,0 +1,257 @@
+"""capslib on other Keras backends (JAX; PyTorch when installed).
+
+Keras fixes its backend when it is first imported, so each backend runs in a subprocess with
+KERAS_BACKEND set. The subprocess computes everything once and writes arrays and facts to
+files; the tests below check them against the float64 NumPy references of conftest.py.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import routing_reference_loop, routing_reference_np, squash_reference_np, toy_dataset
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+SCRIPT = textwrap.dedent(
+    r'''
+    import json, math, os, sys, traceback
+    import numpy as np
+
+    work = sys.argv[1]
+    import keras
+    import capslib
+
+    backend = keras.backend.backend()
+    data = np.load(os.path.join(work, "inputs.npz"))
+    arrays, facts = {}, {"backend": backend}
+    to_np = keras.ops.convert_to_numpy
+
+    def attempt(name, fn):
+        try:
+            fn()
+        except Exception as e:            # recorded, so that one failure does not hide the rest
+            facts[name + "_error"] = "".join(traceback.format_exception_only(type(e), e)).strip()
+
+    def ops_():
+        arrays["squash"] = to_np(capslib.squash(data["s"]))
+        for r in (1, 3):
+            v, c = capslib.dynamic_routing(data["u_small"], r, return_coupling=True)
+            arrays[f"v_small_{r}"], arrays[f"c_small_{r}"] = to_np(v), to_np(c)
+        arrays["v_bias"] = to_np(capslib.dynamic_routing(data["u_small"], 3, bias=data["bias"]))
+        arrays["v_out_major"] = to_np(capslib.dynamic_routing(
+            np.ascontiguousarray(data["u_small"].transpose(0, 2, 1, 3)), 3, out_major=True))
+        v, c = capslib.dynamic_routing(data["u_real"], 3, return_coupling=True)
+        arrays["v_real"], arrays["c_real"] = to_np(v), to_np(c)
+
+    def squash_grad():
+        w = data["w"]
+        if backend == "jax":
+            import jax, jax.numpy as jnp
+            grad = jax.grad(lambda s: jnp.sum(capslib.squash(s) * w))
+            g = lambda s: np.asarray(grad(s))
+        elif backend == "torch":
+            import torch
+            def g(s):
+                t = torch.tensor(s, requires_grad=True)
+                (capslib.squash(t) * torch.tensor(w)).sum().backward()
+                return t.grad.numpy()
+        else:
+            return
+        facts["grad_finite"] = {}
+        for log_mag in (None, -30, -20, -10, 0, 10, 20, 30):
+            s = np.zeros_like(data["s_dir"]) if log_mag is None else data["s_dir"] * np.float32(10.0 ** log_mag)
+            facts["grad_finite"][str(log_mag)] = bool(np.isfinite(g(s.astype("float32"))).all())
+
+    def model_():
+        keras.utils.set_random_seed(0)
+        m = capslib.CapsNet()
+        facts["params"] = int(m.count_params())
+        x = data["x"][:2]
+        features = m.conv1(x)
+        u = m.primary_caps(features)
+        v, c = m.digit_caps(u, return_coupling=True)
+        lengths, recon = m(x)
+        facts["shapes"] = {
+            "conv1": list(features.shape), "primary_conv": list(m.primary_caps.conv(features).shape),
+            "primary_caps": list(u.shape), "u_hat": list(m.digit_caps.predictions(u).shape),
+            "c": list(c.shape), "v": list(v.shape), "lengths": list(lengths.shape),
+            "masked": list(m.mask(v).shape), "reconstructions": list(recon.shape),
+        }
+        facts["lengths_finite"] = bool(np.isfinite(to_np(lengths)).all())
+        for name, bad in [("channels", np.zeros((2, 28, 28, 3), "float32")),
+                          ("uint8", np.zeros((2, 28, 28, 1), "uint8")),
+                          ("rank", np.zeros((2, 28, 28), "float32"))]:
+            try:
+                m(bad)
+                facts[f"bad_{name}"] = None
+            except capslib.ShapeError as e:
+                facts[f"bad_{name}"] = str(e)
+        try:
+            capslib.margin_loss(np.array([1, 2]), np.zeros((2, 10), "float32"))
+            facts["bad_labels"] = None
+        except capslib.ShapeError as e:
+            facts["bad_labels"] = str(e)
+
+    def fit_():
+        keras.utils.set_random_seed(0)
+        m = capslib.CapsNet()
+        m.compile(optimizer=keras.optimizers.Adam(1e-3), loss=capslib.margin_loss,
+                  metrics=["categorical_accuracy"])
+        x, y = data["x"][:8], data["y"][:8]
+        before = [to_np(w).copy() for w in m.trainable_weights]
+        history = m.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+        facts["fit_loss"] = [float(l) for l in history["loss"]]
+        facts["weights_changed"] = sum(not np.array_equal(b, to_np(w)) for b, w in zip(before, m.trainable_weights))
+        facts["n_weights"] = len(before)
+        result = m.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)
+        v = m.encode(x)
+        facts["eval_loss"] = float(result["loss"])
+        facts["eval_by_hand"] = float(to_np(capslib.margin_loss(y, m.length(v)))) + float(
+            to_np(capslib.reconstruction_loss(x, m.decode(v, y))))
+
+    for name, fn in [("ops", ops_), ("squash_grad", squash_grad), ("model", model_), ("fit", fit_)]:
+        attempt(name, fn)
+    np.savez(os.path.join(work, "outputs.npz"), **arrays)
+    with open(os.path.join(work, "facts.json"), "w") as f:
+        json.dump(facts, f)
+    '''
+)
+
+
+def _inputs():
+    rng = np.random.default_rng(42)
+    x, y = toy_dataset(n=8, seed=3)
+    direction = rng.normal(size=(3, 16))
+    return {
+        "s": (rng.normal(0, 1, (3, 10, 16)) * rng.choice([1e-3, 0.1, 1.0, 10.0, 1e3], (3, 10, 1))).astype("float32"),
+        "s_dir": (direction / np.linalg.norm(direction, axis=-1, keepdims=True)).astype("float32"),
+        "w": rng.normal(size=(3, 16)).astype("float32"),
+        "u_small": rng.normal(0, 1, (2, 12, 4, 5)).astype("float32"),
+        "bias": rng.normal(0, 0.5, (4, 5)).astype("float32"),
+        "u_real": (rng.normal(0, 0.05, (2, 1152, 10, 16)) + rng.normal(0, 0.02, (1, 1, 10, 16))).astype("float32"),
+        "x": x,
+        "y": y,
+    }
+
+
+def _run_backend(backend, work: Path):
+    inputs = _inputs()
+    np.savez(work / "inputs.npz", **inputs)
+    (work / "run.py").write_text(SCRIPT)
+    env = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="",
+               TF_CPP_MIN_LOG_LEVEL="2", TF_ENABLE_ONEDNN_OPTS="0")
+    proc = subprocess.run([sys.executable, str(work / "run.py"), str(work)], env=env, capture_output=True,
+                          text=True, timeout=600, cwd=str(Path(__file__).resolve().parents[1]))
+    if proc.returncode != 0 or not (work / "facts.json").exists():
+        pytest.fail(f"{backend} subprocess failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
+    facts = json.loads((work / "facts.json").read_text())
+    outputs = dict(np.load(work / "outputs.npz"))
+    return inputs, outputs, facts
+
+
+BACKENDS = {"jax": "jax", "torch": "torch"}
+
+
+@pytest.fixture(scope="module", params=["jax", "torch"])
+def run(request, tmp_path_factory):
+    backend = request.param
+    if importlib.util.find_spec(BACKENDS[backend]) is None:
+        pytest.skip(f"{backend} is not installed, so capslib cannot be checked on the {backend} backend")
+    try:
+        subprocess.run([sys.executable, "-c", f"import {BACKENDS[backend]}"], check=True, capture_output=True,
+                       timeout=120)
+    except subprocess.CalledProcessError as e:
+        pytest.skip(f"{backend} is installed but cannot be imported: {e.stderr.decode()[-300:]}")
+    return _run_backend(backend, tmp_path_factory.mktemp(f"backend_{backend}"))
+
+
+def _no_error(facts, name):
+    assert f"{name}_error" not in facts, facts[f"{name}_error"]
+
+
+def test_backend_is_the_one_asked_for(run, request):
+    _, _, facts = run
+    assert facts["backend"] == request.node.callspec.params["run"]
+
+
+def test_squash_matches_reference(run):
+    inputs, out, facts = run
+    _no_error(facts, "ops")
+    np.testing.assert_allclose(out["squash"], squash_reference_np(inputs["s"]), **TOL)
+
+
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_routing_matches_loop_reference(run, iterations):
+    inputs, out, facts = run
+    _no_error(facts, "ops")
+    v_ref, c_ref = routing_reference_loop(inputs["u_small"], iterations)
+    np.testing.assert_allclose(out[f"v_small_{iterations}"], v_ref, **TOL)
+    np.testing.assert_allclose(out[f"c_small_{iterations}"], c_ref, **TOL)
+
+
+def test_routing_bias_and_out_major(run):
+    inputs, out, facts = run
+    _no_error(facts, "ops")
+    np.testing.assert_allclose(out["v_bias"], routing_reference_loop(inputs["u_small"], 3, inputs["bias"])[0], **TOL)
+    np.testing.assert_allclose(out["v_out_major"], routing_reference_loop(inputs["u_small"], 3)[0], **TOL)
+
+
+def test_routing_real_size(run):
+    inputs, out, facts = run
+    _no_error(facts, "ops")
+    v_ref, c_ref = routing_reference_np(inputs["u_real"], 3)
+    assert out["v_real"].shape == (2, 10, 16) and out["c_real"].shape == (2, 1152, 10)
+    np.testing.assert_allclose(out["v_real"], v_ref, **TOL)
+    np.testing.assert_allclose(out["c_real"], c_ref, **TOL)
+
+
+def test_capsnet_forward_shapes(run):
+    _, _, facts = run
+    _no_error(facts, "model")
+    assert facts["params"] == 8_215_568
+    assert facts["shapes"] == {
+        "conv1": [2, 20, 20, 256], "primary_conv": [2, 6, 6, 256], "primary_caps": [2, 1152, 8],
+        "u_hat": [2, 10, 1152, 16], "c": [2, 1152, 10], "v": [2, 10, 16], "lengths": [2, 10],
+        "masked": [2, 160], "reconstructions": [2, 28, 28, 1],
+    }
+    assert facts["lengths_finite"]
+
+
+def test_shape_errors(run):
+    _, _, facts = run
+    _no_error(facts, "model")
+    assert facts["bad_channels"] is not None and "ShapeError in CapsNet (images)" in facts["bad_channels"]
+    assert "dim 3 (channels) differs" in facts["bad_channels"]
+    assert facts["bad_uint8"] is not None and "expected a float tensor" in facts["bad_uint8"]
+    assert facts["bad_rank"] is not None and "expected rank 4" in facts["bad_rank"]
+    assert facts["bad_labels"] is not None and "one-hot" in facts["bad_labels"]
+
+
+def test_fit_step_runs_with_finite_loss(run):
+    _, _, facts = run
+    _no_error(facts, "fit")
+    assert len(facts["fit_loss"]) == 1 and np.isfinite(facts["fit_loss"][0])
+    assert facts["weights_changed"] == facts["n_weights"]        # every variable was updated
+    assert facts["eval_loss"] == pytest.approx(facts["eval_by_hand"], rel=1e-5, abs=1e-5)
+
+
+def test_squash_gradient_finite_for_moderate_and_large_values(run):
+    _, _, facts = run
+    _no_error(facts, "squash_grad")
+    for log_mag in ("-10", "0", "10", "20", "30"):
+        assert facts["grad_finite"][log_mag], log_mag
+
+
+def test_squash_gradient_finite_at_zero_and_tiny_values(run):
+    _, _, facts = run
+    _no_error(facts, "squash_grad")
+    for log_mag in ("None", "-30", "-20"):
+        assert facts["grad_finite"][log_mag], log_mag
