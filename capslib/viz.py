@@ -16,10 +16,20 @@ function                 input                                           draws
 ``capsule_grid``         lengths ``(1152,)`` (or ``(1, 1152)``)          32 panels of 6×6
 ``plot_couplings``       couplings ``(in_caps, out_caps)``, e.g.         heat map, or one 6×6
                          ``(1152, 10)`` (or ``(1, 1152, 10)``)           panel per class
+``tile_images``          ``(rows, cols, H, W)``                          (one mosaic array, no plot)
+``perturbation_grid``    decoded ``(16, 11, H, W)``, the deltas          the paper's Figure 4
+``reconstruction_pairs`` originals, reconstructions ``(n, H, W)``,       image | reconstruction,
+                         labels, predictions ``(n,)``                    label and prediction
+``color_overlay``        two ``(n, H, W)`` images                        (RGB array, no plot)
+``overlay_pairs``        inputs, first, second ``(n, H, W)``             input over a red/green
+                                                                         overlay (Figure 5)
+``coupling_iterations``  couplings ``(iterations, 1152, 10)``            one row per iteration
 =======================  ==============================================  =========================
 """
 
 from __future__ import annotations
+
+import textwrap
 
 import math
 
@@ -29,7 +39,8 @@ import numpy as np
 from .shapes import ShapeError
 
 __all__ = ["plot_history", "network_stages", "network_diagram", "show_images", "show_feature_maps",
-           "capsule_grid", "plot_couplings"]
+           "capsule_grid", "plot_couplings", "tile_images", "perturbation_grid", "reconstruction_pairs",
+           "color_overlay", "overlay_pairs", "coupling_iterations"]
 
 
 def plot_history(record, ax=None):
@@ -53,7 +64,7 @@ def plot_history(record, ax=None):
     for ax_ in (ax_loss, ax_acc):
         ax_.grid(alpha=0.3)
         ax_.legend()
-    fig.suptitle(record.get("data", ""), fontsize=8)
+    fig.suptitle(textwrap.fill(record.get("data", ""), 110), fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -243,12 +254,14 @@ def network_diagram(model=None, ax=None, images=None):
 # --------------------------------------------------------------------------- images and maps
 
 
-def show_images(images, titles=None, ncols=8, cmap="gray", ax=None):
+def show_images(images, titles=None, ncols=8, cmap="gray", ax=None, vmin=None, vmax=None, title_colors=None):
     """A grid of images.
 
     images: ``(n, H, W)`` or ``(n, H, W, 1)`` (e.g. a batch of digits ``(8, 28, 28, 1)``).
-    titles: optional list of n strings, one above each image.
+    titles: optional list of n strings, one above each image; title_colors: optional n colours.
     ncols: images per row. ax: optional Axes (one per image) to draw into instead of a new figure.
+    vmin, vmax: one grey scale for every image (e.g. 0, 1 so faint reconstructions stay faint);
+    by default each image is scaled to its own range.
     Returns the Figure (n image axes).
     """
     x = _numpy(images, "show_images (images)")
@@ -261,11 +274,11 @@ def show_images(images, titles=None, ncols=8, cmap="gray", ax=None):
         raise ValueError(f"show_images: {len(titles)} titles for {n} images")
     fig, axes = _grid_axes(n, ncols, ax, "show_images", panel_size=1.3, extra_height=0.2 if titles else 0)
     for k, a in enumerate(axes):
-        a.imshow(x[k], cmap=cmap)
+        a.imshow(x[k], cmap=cmap, vmin=vmin, vmax=vmax)
         a.set_xticks([])
         a.set_yticks([])
         if titles is not None:
-            a.set_title(str(titles[k]), fontsize=8)
+            a.set_title(str(titles[k]), fontsize=8, **({"color": title_colors[k]} if title_colors else {}))
     return fig
 
 
@@ -394,5 +407,216 @@ def plot_couplings(c, title=None, class_names=None, grid=None, reduce="mean", vm
         a.set_title(f"→ {names[j]}", fontsize=8)
     fig.colorbar(im, ax=axes, shrink=0.8, label=f"{reduce} of c over {types} types")
     fig.suptitle(title or f"couplings c {(n_in, n_out)}: {reduce} over types, one {rows}×{cols} panel per output",
+                 fontsize=10)
+    return fig
+
+
+# --------------------------------------------------------------------------- what capsules learn
+
+
+def tile_images(images, pad=1, pad_value=np.nan):
+    """A ``(rows, cols, H, W)`` (or ``(rows, cols, H, W, 1)``) stack of images → one mosaic array.
+
+    Panels are separated by ``pad`` pixels of ``pad_value`` (NaN: drawn as the background by
+    ``imshow``). Returns ``(rows·(H + pad) − pad, cols·(W + pad) − pad)``; panel (r, c) starts at
+    row ``r·(H + pad)``, column ``c·(W + pad)``. One image instead of rows × cols axes: a 16 × 11
+    grid draws in a fraction of the time.
+    """
+    x = _numpy(images, "tile_images (images)")
+    if x.ndim == 5 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if x.ndim != 4 or 0 in x.shape:
+        raise _shape_error("tile_images", "images", "(rows, cols, H, W) or (rows, cols, H, W, 1)", np.shape(images))
+    rows, cols, h, w = x.shape
+    out = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad), pad_value, dtype=np.float64)
+    for r in range(rows):
+        for c in range(cols):
+            out[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = x[r, c]
+    return out
+
+
+def perturbation_grid(decoded, deltas, title=None, ax=None, cmap="gray_r", dims=None, highlight=None):
+    """The paper's Figure 4: one row per capsule dimension, one column per perturbation.
+
+    decoded: ``(n_dims, n_deltas, H, W)`` or ``(n_dims, n_deltas, H, W, 1)`` — row d, column k is
+    the decoder's image after adding ``deltas[k]`` to dimension d of one capsule (e.g.
+    ``(16, 11, 28, 28)`` for deltas −0.25, −0.20, …, 0.25). deltas: the n_deltas values (column
+    labels). dims: optional row labels (default 0…n_dims−1). highlight: optional column index to
+    outline (e.g. the unperturbed delta 0). ax: optional Axes. Returns the Figure; pixels share one
+    grey scale, 0 to 1.
+    """
+    x = _numpy(decoded, "perturbation_grid (decoded)")
+    if x.ndim == 5 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if x.ndim != 4:
+        raise _shape_error("perturbation_grid", "decoded", "(n_dims, n_deltas, H, W) or (…, 1)", np.shape(decoded))
+    n_dims, n_deltas, h, w = x.shape
+    deltas = np.asarray(deltas, dtype=np.float64).reshape(-1)
+    if len(deltas) != n_deltas:
+        raise ValueError(f"perturbation_grid: {len(deltas)} deltas for {n_deltas} columns")
+    dims = list(range(n_dims)) if dims is None else list(dims)
+    if len(dims) != n_dims:
+        raise ValueError(f"perturbation_grid: {len(dims)} dims labels for {n_dims} rows")
+    mosaic = tile_images(x, pad=1)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(0.42 * n_deltas + 1.0, 0.42 * n_dims + 0.9))
+    else:
+        fig = ax.figure
+    ax.set_facecolor("#c8d4e3")                               # the NaN gaps between panels
+    ax.imshow(mosaic, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([k * (w + 1) + (w - 1) / 2 for k in range(n_deltas)])
+    ax.set_xticklabels([f"{d:+.2f}" for d in deltas], rotation=90, fontsize=7)
+    ax.set_yticks([r * (h + 1) + (h - 1) / 2 for r in range(n_dims)])
+    ax.set_yticklabels([str(d) for d in dims], fontsize=7)
+    ax.tick_params(length=0)
+    ax.set_xlabel("perturbation added to the dimension", fontsize=8)
+    ax.set_ylabel("capsule dimension", fontsize=8)
+    if highlight is not None:
+        ax.add_patch(plt.Rectangle((highlight * (w + 1) - 1, -1), w + 1, n_dims * (h + 1),
+                                   fill=False, edgecolor="#d62728", linewidth=1.2))
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
+def reconstruction_pairs(originals, reconstructions, labels, predictions, ncols=5, lengths=None, cmap="gray_r"):
+    """Each image beside its reconstruction, titled with the true label and the prediction.
+
+    originals, reconstructions: ``(n, H, W)`` or ``(n, H, W, 1)``; labels, predictions: ``(n,)``
+    integers; lengths: optional ``(n,)`` (the predicted capsule's length, shown in the title).
+    ncols: pairs per row. A wrong prediction's title is red. Returns the Figure (2·n image axes,
+    originals at even positions).
+    """
+    a = _numpy(originals, "reconstruction_pairs (originals)")
+    b = _numpy(reconstructions, "reconstruction_pairs (reconstructions)")
+    a, b = (z[..., 0] if z.ndim == 4 and z.shape[-1] == 1 else z for z in (a, b))
+    if a.ndim != 3 or a.shape != b.shape or a.shape[0] == 0:
+        raise ShapeError(f"ShapeError in reconstruction_pairs (originals, reconstructions): expected two "
+                         f"(n, H, W) arrays of one shape, got {tuple(np.shape(originals))} and "
+                         f"{tuple(np.shape(reconstructions))}")
+    n = a.shape[0]
+    labels, predictions = np.asarray(labels).reshape(-1), np.asarray(predictions).reshape(-1)
+    if len(labels) != n or len(predictions) != n or (lengths is not None and len(lengths) != n):
+        raise ValueError(f"reconstruction_pairs: {n} images need {n} labels, predictions (and lengths)")
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, 2 * ncols, figsize=(1.25 * 2 * ncols, 1.45 * nrows + 0.3), squeeze=False,
+                             gridspec_kw={"wspace": 0.05})
+    for k in range(nrows * ncols):
+        ax_o, ax_r = axes[k // ncols, 2 * (k % ncols)], axes[k // ncols, 2 * (k % ncols) + 1]
+        if k >= n:
+            ax_o.remove()
+            ax_r.remove()
+            continue
+        ax_o.imshow(a[k], cmap=cmap, vmin=0.0, vmax=1.0)
+        ax_r.imshow(b[k], cmap=cmap, vmin=0.0, vmax=1.0)
+        for ax_ in (ax_o, ax_r):
+            ax_.set_xticks([])
+            ax_.set_yticks([])
+        ax_o.set_title(f"label {labels[k]}", fontsize=8)
+        extra = f" |v|={float(lengths[k]):.2f}" if lengths is not None else ""
+        ax_r.set_title(f"pred {predictions[k]}{extra}", fontsize=8,
+                       color="#d62728" if predictions[k] != labels[k] else "black")
+    return fig
+
+
+def color_overlay(first, second):
+    """Two grey images → one RGB image: ``first`` in red, ``second`` in green (both: yellow).
+
+    first, second: ``(n, H, W)`` or ``(n, H, W, 1)`` in [0, 1] (also one image ``(H, W)``).
+    Returns ``(n, H, W, 3)`` (or ``(H, W, 3)``) in [0, 1], the paper's Figure 5 colouring.
+    """
+    a = _numpy(first, "color_overlay (first)")
+    b = _numpy(second, "color_overlay (second)")
+    a, b = (z[..., 0] if z.ndim in (3, 4) and z.shape[-1] == 1 else z for z in (a, b))
+    if a.shape != b.shape or a.ndim not in (2, 3):
+        raise ShapeError(f"ShapeError in color_overlay (first, second): expected two (n, H, W) arrays of one "
+                         f"shape, got {tuple(np.shape(first))} and {tuple(np.shape(second))}")
+    return np.clip(np.stack([a, b, np.zeros_like(a)], axis=-1), 0.0, 1.0)
+
+
+def overlay_pairs(inputs, first, second, titles=None, cmap="gray"):
+    """Inputs (top row) and two reconstructions overlaid in colour (bottom row, red and green).
+
+    inputs, first, second: ``(n, H, W)`` or ``(n, H, W, 1)`` in [0, 1], e.g. MultiMNIST images
+    and the decoder's drawings from each of the two digit capsules. titles: optional n strings
+    (under the overlays). Returns the Figure (2·n image axes: inputs first).
+    """
+    x = _numpy(inputs, "overlay_pairs (inputs)")
+    x = x[..., 0] if x.ndim == 4 and x.shape[-1] == 1 else x
+    rgb = color_overlay(first, second)
+    if x.ndim != 3 or rgb.shape[:3] != x.shape or x.shape[0] == 0:
+        raise ShapeError(f"ShapeError in overlay_pairs (inputs): expected (n, H, W) matching the reconstructions "
+                         f"{tuple(rgb.shape[:3])}, got {tuple(np.shape(inputs))}")
+    n = x.shape[0]
+    if titles is not None and len(titles) != n:
+        raise ValueError(f"overlay_pairs: {len(titles)} titles for {n} images")
+    fig, axes = plt.subplots(2, n, figsize=(1.35 * n, 3.2), squeeze=False)
+    for k in range(n):
+        axes[0, k].imshow(x[k], cmap=cmap, vmin=0.0, vmax=1.0)
+        axes[1, k].imshow(rgb[k])
+        for ax_ in axes[:, k]:
+            ax_.set_xticks([])
+            ax_.set_yticks([])
+        if titles is not None:
+            axes[1, k].set_xlabel(str(titles[k]), fontsize=8)
+    axes[0, 0].set_ylabel("input", fontsize=8)
+    axes[1, 0].set_ylabel("red + green", fontsize=8)
+    return fig
+
+
+def coupling_iterations(cs, grid=(6, 6, 32), class_names=None, reduce="mean", highlight=None, cmap=None,
+                        deviation=False):
+    """Routing couplings iteration by iteration: one row per iteration, one panel per output capsule.
+
+    cs: ``(iterations, in_caps, out_caps)``, e.g. ``(3, 1152, 10)`` — the couplings c_ij used in
+    iterations 1, 2, 3 for one example. grid: ``(rows, cols, types)`` with rows·cols·types =
+    in_caps; each panel shows c reduced over the types (``"mean"``, ``"max"``, ``"sum"``) at every
+    position. highlight: optional output capsule whose panels get a red frame (e.g. the
+    prediction). One colour scale for every panel, so iterations compare. deviation: show
+    ``c − 1/out_caps`` (how far routing moved each coupling from uniform) on a diverging scale
+    centred at 0 — useful when the couplings stay close to uniform. Returns the Figure.
+    """
+    x = _numpy(cs, "coupling_iterations (cs)")
+    if x.ndim != 3 or 0 in x.shape:
+        raise _shape_error("coupling_iterations", "cs", "(iterations, in_caps, out_caps), e.g. (3, 1152, 10)",
+                           np.shape(cs))
+    n_it, n_in, n_out = x.shape
+    rows, cols, types = (int(g) for g in grid)
+    if rows * cols * types != n_in:
+        raise ShapeError(f"ShapeError in coupling_iterations (cs): grid {(rows, cols, types)} needs in_caps = "
+                         f"{rows * cols * types}, got {tuple(x.shape)}")
+    reducers = {"mean": np.mean, "max": np.max, "sum": np.sum}
+    if reduce not in reducers:
+        raise ValueError(f"coupling_iterations: reduce must be one of {sorted(reducers)}, got {reduce!r}")
+    names = [str(k) for k in range(n_out)] if class_names is None else [str(k) for k in class_names]
+    if len(names) != n_out:
+        raise ValueError(f"coupling_iterations: {len(names)} class_names for {n_out} output capsules")
+    per_pos = reducers[reduce](x.reshape(n_it, rows, cols, types, n_out), axis=3)   # (iterations, rows, cols, out)
+    fig, axes = plt.subplots(n_it, n_out, figsize=(1.15 * n_out + 1.2, 1.2 * n_it + 0.7), squeeze=False)
+    if deviation:
+        per_pos = per_pos - 1.0 / n_out
+        vmax = max(float(np.abs(per_pos).max()), 1e-12)
+        vmin, cmap = -vmax, cmap or "RdBu_r"
+        label = f"{reduce} of c_ij − 1/{n_out} over {types} types"
+    else:
+        vmin, vmax, cmap = 0.0, float(per_pos.max()), cmap or "viridis"
+        label = f"{reduce} of c_ij over {types} types"
+    for r in range(n_it):
+        for j in range(n_out):
+            ax_ = axes[r, j]
+            im = ax_.imshow(per_pos[r, :, :, j], cmap=cmap, vmin=vmin, vmax=vmax)
+            ax_.set_xticks([])
+            ax_.set_yticks([])
+            if r == 0:
+                ax_.set_title(f"→ {names[j]}", fontsize=8)
+            if j == 0:
+                ax_.set_ylabel(f"iteration {r + 1}", fontsize=8)
+            if highlight is not None and j == int(highlight):
+                for side in ax_.spines.values():
+                    side.set_edgecolor("#d62728")
+                    side.set_linewidth(2.0)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.85, label=label)
+    fig.suptitle(f"couplings c {(n_in, n_out)} per routing iteration: {rows}×{cols} positions per output capsule",
                  fontsize=10)
     return fig

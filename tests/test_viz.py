@@ -211,3 +211,99 @@ def test_helpers_accept_tensors():
     import keras
     fig = viz.show_images(keras.ops.ones((2, 4, 4, 1)))
     assert n_images(fig) == 2
+
+
+# --------------------------------------------------------------------------- what capsules learn
+
+
+def test_tile_images_places_each_panel():
+    x = np.arange(2 * 3 * 4 * 5, dtype=float).reshape(2, 3, 4, 5)
+    m = viz.tile_images(x, pad=1)
+    assert m.shape == (2 * 5 - 1, 3 * 6 - 1)
+    np.testing.assert_array_equal(m[5:9, 12:17], x[1, 2])            # panel (1, 2)
+    assert np.isnan(m[4]).all() and np.isnan(m[:, 5]).all()          # the gaps
+    assert viz.tile_images(x[..., None], pad=0).shape == (8, 15)
+    with pytest.raises(ShapeError, match="tile_images"):
+        viz.tile_images(np.zeros((3, 4, 5)))
+
+
+def test_perturbation_grid_labels_rows_and_columns():
+    deltas = np.round(np.arange(-0.25, 0.2501, 0.05), 2)
+    decoded = np.random.default_rng(0).uniform(size=(16, 11, 28, 28, 1))
+    fig = viz.perturbation_grid(decoded, deltas, title="digit 3", highlight=5)
+    ax = fig.axes[0]
+    assert n_images(fig) == 1
+    assert ax.get_images()[0].get_array().shape == (16 * 29 - 1, 11 * 29 - 1)
+    assert [t.get_text() for t in ax.get_xticklabels()][:2] == ["-0.25", "-0.20"]
+    assert len(ax.get_yticklabels()) == 16 and ax.get_title() == "digit 3"
+    with pytest.raises(ValueError, match="10 deltas for 11 columns"):
+        viz.perturbation_grid(decoded, deltas[:10])
+    with pytest.raises(ShapeError, match="perturbation_grid"):
+        viz.perturbation_grid(decoded[0, ..., 0], deltas)
+
+
+def test_reconstruction_pairs_titles_and_wrong_in_red():
+    x = np.random.default_rng(0).uniform(size=(3, 28, 28, 1))
+    fig = viz.reconstruction_pairs(x, x * 0.5, [1, 2, 3], [1, 7, 3], ncols=2, lengths=[0.9, 0.6, 0.8])
+    assert n_images(fig) == 6
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["label 1", "pred 1 |v|=0.90", "label 2", "pred 7 |v|=0.60", "label 3", "pred 3 |v|=0.80"]
+    assert fig.axes[3].title.get_color() == "#d62728" and fig.axes[1].title.get_color() == "black"
+    with pytest.raises(ShapeError, match="reconstruction_pairs"):
+        viz.reconstruction_pairs(x, x[:2], [1, 2, 3], [1, 2, 3])
+    with pytest.raises(ValueError, match="labels"):
+        viz.reconstruction_pairs(x, x, [1, 2], [1, 2, 3])
+
+
+def test_color_overlay_and_overlay_pairs():
+    a = np.zeros((2, 5, 5, 1))
+    b = np.zeros((2, 5, 5, 1))
+    a[:, 1, 1] = 1.0
+    b[:, 1, 1] = 1.0
+    b[:, 3, 3] = 0.5
+    rgb = viz.color_overlay(a, b)
+    assert rgb.shape == (2, 5, 5, 3)
+    np.testing.assert_array_equal(rgb[0, 1, 1], [1, 1, 0])           # both: yellow
+    np.testing.assert_array_equal(rgb[0, 3, 3], [0, 0.5, 0])         # second only: green
+    assert viz.color_overlay(a[0], b[0]).shape == (5, 5, 3)
+    fig = viz.overlay_pairs(np.maximum(a, b), a, b, titles=["x", "y"])
+    assert n_images(fig) == 4 and fig.axes[2].get_images()[0].get_array().shape == (5, 5, 3)   # row 2: overlays
+    with pytest.raises(ShapeError, match="color_overlay"):
+        viz.color_overlay(a, b[:1])
+    with pytest.raises(ValueError, match="titles"):
+        viz.overlay_pairs(a, a, b, titles=["x"])
+
+
+def test_coupling_iterations_one_row_per_iteration():
+    rng = np.random.default_rng(0)
+    cs = rng.dirichlet(np.ones(10), size=(3, 1152))                  # (3, 1152, 10), rows sum to 1
+    fig = viz.coupling_iterations(cs, highlight=4)
+    assert n_images(fig) == 30
+    assert "iteration 3" in [ax.get_ylabel() for ax in fig.axes]
+    # The panel for iteration 2, output 7 is the mean over the 32 types at each 6×6 position.
+    panel = fig.axes[10 + 7].get_images()[0].get_array()
+    np.testing.assert_allclose(panel, cs[1].reshape(6, 6, 32, 10).mean(2)[:, :, 7])
+    # One colour scale for all: every panel's clim is the same.
+    assert len({ax.get_images()[0].get_clim() for ax in fig.axes if ax.get_images()}) == 1
+    # deviation=True: c − 1/10 on a scale symmetric around 0.
+    fig = viz.coupling_iterations(cs, deviation=True)
+    panel = fig.axes[7].get_images()[0]
+    np.testing.assert_allclose(panel.get_array(), cs[0].reshape(6, 6, 32, 10).mean(2)[:, :, 7] - 0.1)
+    lo, hi = panel.get_clim()
+    assert lo == pytest.approx(-hi) and hi > 0
+    with pytest.raises(ShapeError, match="coupling_iterations"):
+        viz.coupling_iterations(cs[0])
+    with pytest.raises(ShapeError, match="grid"):
+        viz.coupling_iterations(cs, grid=(5, 5, 32))
+
+
+def test_show_images_shared_scale_and_title_colours():
+    import numpy as np
+    from capslib import viz
+    x = np.random.default_rng(0).random((3, 5, 5))
+    fig = viz.show_images(x, titles=["a", "b", "c"], vmin=0, vmax=1, title_colors=["red", "black", "red"])
+    assert [a.images[0].get_clim() for a in fig.axes] == [(0, 1)] * 3
+    assert fig.axes[0].title.get_color() == "red"
+    fig2 = viz.show_images(x, titles=["a", "b", "c"])         # no colours given: default title colour
+    assert fig2.axes[1].title.get_text() == "b"
+    plt.close("all")

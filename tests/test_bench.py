@@ -1,0 +1,28 @@
+"""The benchmarks still run (smoke tests with tiny settings). They measure; tests never time."""
+
+import importlib.util
+import json
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "bench", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_throughput_quick_runs_and_reports(tmp_path, capsys):
+    out = tmp_path / "throughput.json"
+    result = _load("gpu_throughput").main(["--quick", "--epoch", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert [r["batch_size"] for r in saved["rows"]] == [8, 16]
+    for row in saved["rows"]:
+        assert row["images_per_second"] > 0 and row["min_ips"] <= row["images_per_second"] <= row["max_ips"]
+    assert saved["best_batch_size"] in (8, 16)
+    assert saved["measured_epoch"]["images"] == 64
+    assert saved["environment"]["backend"] and saved["environment"]["device"]
+    assert result["estimated_60k_epoch_seconds"] > 0
+    assert "images/s" in capsys.readouterr().out
