@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[tf,jax,dev,book]"
+	# Keras 2 for the pitfalls chapter's comparison. --no-deps: its declared dependency is the
+	# full `tensorflow` wheel, which would overwrite tensorflow-cpu's files.
+	$(PY) -m pip install -q --no-deps "tf-keras~=2.21.0"
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	rm -f $(VENV)/.installed-*; touch $@
 
@@ -31,7 +34,9 @@ test: $(STAMP) $(OFFLINE_MNIST)
 	$(PY) -m pytest
 
 book: $(STAMP) $(OFFLINE_MNIST)
+	rm -rf _build/html _build/jupyter_execute _build/models   # every build executes and trains afresh
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+	CAPSBOOK_REQUIRE_HTML=1 $(PY) -m pytest -q tests/test_book_html.py
 
 bench: $(STAMP)
 	$(PY) bench/capsule_stage.py

@@ -1,7 +1,7 @@
 """DELIBERATELY WRONG variants for the pitfalls chapter — never use them to train.
 
 Every function and layer in this module reproduces, on purpose, one bug that CapsNet ports
-shipped (a widely read 2021 TF2 port among them) so that ``book/09_pitfalls.ipynb`` and
+shipped (a widely read 2021 TF2 port among them) so that ``book/08_pitfalls.ipynb`` and
 ``tests/test_pitfalls.py`` can show its symptom next to capslib's correct version. Everything
 that is *not* the bug is capslib's own piece (squash, margin_loss, PrimaryCaps, DigitCaps, …),
 imported, never copied, so each variant differs from capslib in exactly one place.
