@@ -350,7 +350,7 @@ def subset(ds: Dataset, n_train: int, n_test: int) -> Dataset:
         y_train=ds.y_train[:n_train],
         x_test=ds.x_test[:n_test],
         y_test=ds.y_test[:n_test],
-        description=f"{ds.description}; quick mode uses the first {n_train:,} train / {n_test:,} test",
+        description=f"{ds.description}; this run uses the first {n_train:,} train / {n_test:,} test",
     )
 
 

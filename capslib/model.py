@@ -103,6 +103,27 @@ class CapsNet(keras.Model):
         self._step.capsules = v
         return self.length(v), self.decode(v)
 
+    # -- the Keras entry points -----------------------------------------------------------------
+    # Keras traces fit/evaluate/predict with relaxed shapes (tf.function's reduce_retracing), in
+    # which a wrong image size can become "unknown" and slip past the static checks in call().
+    # So arrays are checked here, at the door, where their shapes are always known.
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        self._check_array(x)
+        return super().fit(x, y, *args, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        self._check_array(x)
+        return super().evaluate(x, y, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        self._check_array(x)
+        return super().predict(x, *args, **kwargs)
+
+    def _check_array(self, x):
+        if hasattr(x, "shape") and hasattr(x, "dtype"):        # NumPy arrays and tensors, not datasets
+            self.check_images(x)
+
     # -- training: what fit() and evaluate() call ------------------------------------------------
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):

@@ -349,6 +349,20 @@ def capsule_grid(lengths, grid=(6, 6, 32), ncols=8, title=None, vmax=None, cmap=
     return fig
 
 
+
+def _per_position(c, grid, reduce, where):
+    """Couplings ``(..., in_caps, out_caps)`` → ``(..., rows, cols, out_caps)``: the capsule types at
+    each position of the primary-capsule grid reduced by ``reduce`` (capsule i = (row·cols + col)·types + t)."""
+    rows, cols, types = (int(g) for g in grid)
+    n_in, n_out = c.shape[-2:]
+    if rows * cols * types != n_in:
+        raise ShapeError(f"ShapeError in {where}: grid {(rows, cols, types)} needs in_caps = "
+                         f"{rows * cols * types}, got {tuple(c.shape)}")
+    reducers = {"mean": np.mean, "max": np.max, "sum": np.sum}
+    if reduce not in reducers:
+        raise ValueError(f"{where.split()[0]}: reduce must be one of {sorted(reducers)}, got {reduce!r}")
+    return reducers[reduce](c.reshape(c.shape[:-2] + (rows, cols, types, n_out)), axis=-2)
+
 def plot_couplings(c, title=None, class_names=None, grid=None, reduce="mean", vmax=None, ax=None,
                    cmap="viridis"):
     """Heat map of routing couplings c_ij (how much input capsule i sends to output capsule j).
@@ -390,14 +404,8 @@ def plot_couplings(c, title=None, class_names=None, grid=None, reduce="mean", vm
         ax.set_title(title or f"couplings c, shape {(n_in, n_out)}", fontsize=10)
         return fig
 
-    rows, cols, types = (int(g) for g in grid)
-    if rows * cols * types != n_in:
-        raise ShapeError(f"ShapeError in plot_couplings (c): grid {(rows, cols, types)} needs "
-                         f"({rows * cols * types}, out_caps), got {tuple(x.shape)}")
-    reducers = {"mean": np.mean, "max": np.max, "sum": np.sum}
-    if reduce not in reducers:
-        raise ValueError(f"plot_couplings: reduce must be one of {sorted(reducers)}, got {reduce!r}")
-    per_pos = reducers[reduce](x.reshape(rows, cols, types, n_out), axis=2)     # (rows, cols, out_caps)
+    per_pos = _per_position(x, grid, reduce, "plot_couplings (c)")              # (rows, cols, out_caps)
+    rows, cols, types = per_pos.shape[0], per_pos.shape[1], int(grid[2])
     fig, axes = _grid_axes(n_out, min(n_out, 10), ax, "plot_couplings", panel_size=1.3, extra_height=0.6)
     vmax_ = float(per_pos.max()) if vmax is None else float(vmax)
     for j, a in enumerate(axes):
@@ -582,17 +590,11 @@ def coupling_iterations(cs, grid=(6, 6, 32), class_names=None, reduce="mean", hi
         raise _shape_error("coupling_iterations", "cs", "(iterations, in_caps, out_caps), e.g. (3, 1152, 10)",
                            np.shape(cs))
     n_it, n_in, n_out = x.shape
-    rows, cols, types = (int(g) for g in grid)
-    if rows * cols * types != n_in:
-        raise ShapeError(f"ShapeError in coupling_iterations (cs): grid {(rows, cols, types)} needs in_caps = "
-                         f"{rows * cols * types}, got {tuple(x.shape)}")
-    reducers = {"mean": np.mean, "max": np.max, "sum": np.sum}
-    if reduce not in reducers:
-        raise ValueError(f"coupling_iterations: reduce must be one of {sorted(reducers)}, got {reduce!r}")
+    per_pos = _per_position(x, grid, reduce, "coupling_iterations (cs)")        # (iterations, rows, cols, out)
+    rows, cols, types = per_pos.shape[1], per_pos.shape[2], int(grid[2])
     names = [str(k) for k in range(n_out)] if class_names is None else [str(k) for k in class_names]
     if len(names) != n_out:
         raise ValueError(f"coupling_iterations: {len(names)} class_names for {n_out} output capsules")
-    per_pos = reducers[reduce](x.reshape(n_it, rows, cols, types, n_out), axis=3)   # (iterations, rows, cols, out)
     fig, axes = plt.subplots(n_it, n_out, figsize=(1.15 * n_out + 1.2, 1.2 * n_it + 0.7), squeeze=False)
     if deviation:
         per_pos = per_pos - 1.0 / n_out

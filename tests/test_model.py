@@ -143,3 +143,20 @@ def test_gradient_tape_training_loop(toy_data):
     assert all(float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
     after = float(loss_fn(x, y))
     assert after < 0.8 * before, (before, after)
+
+
+def test_entry_points_check_images_even_after_keras_relaxes_traced_shapes():
+    """After a few batch sizes, Keras retraces predict with relaxed (unknown) dims, where the
+    static checks inside call() can't see a wrong size; fit/evaluate/predict check at the door."""
+    import capslib
+    from capslib import ShapeError
+    model = capslib.CapsNet()
+    for n in (3, 5, 7):
+        model.predict(np.zeros((n, 28, 28, 1), np.float32), verbose=0)
+    y = np.eye(10, dtype=np.float32)[:4]
+    model.compile(optimizer="adam", loss=capslib.margin_loss)
+    bad = np.zeros((4, 28, 28, 3), np.float32)
+    for call in (lambda: model.predict(bad, verbose=0), lambda: model.evaluate(bad, y, verbose=0),
+                 lambda: model.fit(bad, y, verbose=0)):
+        with pytest.raises(ShapeError, match=r"ShapeError in CapsNet \(images\).*dim 3 \(channels\) differs"):
+            call()
