@@ -15,7 +15,7 @@ import keras
 from keras import ops
 
 from .ops import capsule_length, dynamic_routing, squash
-from .shapes import ShapeError, check_float, check_shape, static_shape
+from .shapes import ShapeError, check_float, check_shape, format_shape, static_shape
 
 __all__ = ["PrimaryCaps", "DigitCaps", "Length", "Mask", "Decoder"]
 
@@ -38,15 +38,21 @@ class PrimaryCaps(keras.layers.Layer):
         self.conv = keras.layers.Conv2D(num_types * dim, kernel_size, strides=strides, name="conv")
 
     def build(self, input_shape):
+        self._check_rank(input_shape)
         self.conv.build(input_shape)
+
+    def _check_rank(self, shape):
+        if len(shape) != 4:
+            raise ShapeError(f"ShapeError in {self.name} (conv1 features): expected rank 4 "
+                             f"(batch, height, width, channels), got rank {len(shape)} {format_shape(shape)}")
 
     def compute_output_shape(self, input_shape):
         h, w = self.conv.compute_output_shape(input_shape)[1:3]
         return (input_shape[0], h * w * self.num_types, self.dim)
 
     def call(self, features):
-        _, h, w, ch = static_shape(features)
-        check_shape(features, ("batch", h, w, ch), self.name, "conv1 features")
+        self._check_rank(static_shape(features))
+        check_float(features, self.name, "conv1 features")
         x = self.conv(features)                                         # (batch, 6, 6, 256)
         _, oh, ow, _ = static_shape(x)
         check_shape(x, ("batch", oh, ow, self.num_types * self.dim), self.name, "primary conv",

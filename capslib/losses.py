@@ -41,8 +41,8 @@ def margin_loss(y_true, lengths, m_plus=0.9, m_minus=0.1, lam=0.5):
 def reconstruction_loss(images, reconstructions, weight=0.0005):
     """``weight`` × the per-image sum of squared pixel errors, averaged over the batch.
 
-    images, reconstructions: ``(batch, 28, 28, 1)``. The paper scales the sum down by 0.0005 so
-    that it does not dominate the margin loss (784 pixels vs 10 classes).
+    images, reconstructions: ``(batch, 28, 28, 1)``. The paper scales the sum down by 0.0005 "so
+    that it does not dominate the margin loss during training".
     """
     shape = static_shape(reconstructions)
     check_shape(images, ("batch",) + shape[1:], "reconstruction_loss", "images")

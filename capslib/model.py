@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 
 import keras
+import numpy as np
 from keras import ops
 
 from .layers import Decoder, DigitCaps, Length, Mask, PrimaryCaps
@@ -121,16 +122,33 @@ class CapsNet(keras.Model):
         return super().predict(x, *args, **kwargs)
 
     def _check_array(self, x):
-        if hasattr(x, "shape") and hasattr(x, "dtype"):        # NumPy arrays and tensors, not datasets
-            self.check_images(x)
+        if not (hasattr(x, "shape") and hasattr(x, "dtype")):  # NumPy arrays and tensors, not datasets
+            return
+        self.check_images(x)
+        if isinstance(x, np.ndarray):                          # values too, where reading them is free
+            if not np.all(np.isfinite(x)):
+                raise ShapeError("ShapeError in CapsNet (images): NaN or inf in the images")
+            if x.max() > 1.0 + 1e-6 or x.min() < -1e-6:
+                raise ShapeError(f"ShapeError in CapsNet (images): pixels range over [{x.min():g}, {x.max():g}], "
+                                 "expected [0, 1] — divide 0–255 images by 255 (capslib.data.scale_images)")
 
     # -- training: what fit() and evaluate() call ------------------------------------------------
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Margin loss (the compiled loss, on the lengths) + 0.0005 × reconstruction loss of the
+        decoder fed the true class's capsule. Reads v from the ``call`` that produced ``y_pred``
+        in the same step: call it only as fit/evaluate do, right after the forward pass."""
+        if sample_weight is not None:
+            raise ValueError("CapsNet: sample_weight / class_weight are not supported — the margin and "
+                             "reconstruction losses are batch means (capslib.losses)")
         lengths, _ = y_pred
         loss = super().compute_loss(x, y, lengths, sample_weight, training)   # the compiled margin loss
-        recon = self.decode(self._step.capsules, y)                                 # decoder fed the true class
-        return loss + reconstruction_loss(x, recon, self.reconstruction_weight)
+        recon = self.decode(self._step.capsules, y)                           # decoder fed the true class
+        total = loss + reconstruction_loss(x, recon, self.reconstruction_weight)
+        # Both terms are batch means already, so Keras does not divide them by the number of
+        # replicas under tf.distribute; do it here, or MirroredStrategy would sum N means.
+        replicas = getattr(getattr(self, "distribute_strategy", None), "num_replicas_in_sync", 1)
+        return total / replicas if replicas > 1 else total
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         return super().compute_metrics(x, y, y_pred[0], sample_weight)        # metrics on lengths

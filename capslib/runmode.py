@@ -39,11 +39,12 @@ def device_description() -> str:
         gpus = []
     if gpus:
         return f"GPU ({', '.join(gpus)}) via {backend}"
-    return f"CPU ({os.cpu_count()} cores) via {backend}"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"CPU ({cores} cores) via {backend}"
 
 
 def describe(data: str, epochs: int) -> str:
     """One line for a page that trains, e.g.
-    ``"quick mode (CAPSBOOK_QUICK=1): 4,000 offline MNIST digits…, 1 epoch, CPU (2 cores) via tensorflow"``."""
+    ``"quick mode (CAPSBOOK_QUICK=1): offline MNIST subset …; 1 epoch; CPU (2 cores) via tensorflow"``."""
     mode = "quick mode (CAPSBOOK_QUICK=1)" if quick() else "full mode"
     return f"{mode}: {data}; {epochs} epoch{'s' if epochs != 1 else ''}; {device_description()}"

@@ -38,7 +38,7 @@ def static_shape(x):
 
 
 def format_shape(dims) -> str:
-    """``(None, 1152, 8)`` → ``"(batch, 1152, 8)"``-style text; ``None`` prints as ``?``."""
+    """``("batch", 1152, 8)`` → ``"(batch, 1152, 8)"``; an unknown dim (``None``) prints as ``?``."""
     return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
 
 

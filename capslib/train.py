@@ -123,8 +123,14 @@ class _HistoryFile(keras.callbacks.Callback):
         if any(isinstance(v, float) and not math.isfinite(v) for v in entry.values()):
             entry["nan"] = True
         self.record["epochs"].append(entry)
-        self.model.save(os.path.join(self.out, "checkpoint.keras"))
+        # History first, then the checkpoint, each replaced atomically: a crash in between leaves
+        # the history one epoch ahead, which --resume trims to the checkpoint's step count. NaN
+        # weights are never saved over the last good checkpoint.
         _write_json(os.path.join(self.out, "history.json"), self.record)
+        if not entry.get("nan"):
+            tmp = os.path.join(self.out, "checkpoint.tmp.keras")
+            self.model.save(tmp)
+            os.replace(tmp, os.path.join(self.out, "checkpoint.keras"))
 
 
 def _write_json(path, obj):
@@ -159,9 +165,10 @@ def train(cfg: TrainConfig, out: str, resume: bool = False, verbose: int = 1):
     y_train, y_test = capsdata.one_hot(ds.y_train), capsdata.one_hot(ds.y_test)
 
     with _precision(cfg.mixed_precision), _distribution(cfg.multi_gpu):
-        model, record = _new_or_resumed(cfg, ds, out, resume, verbose)
+        batches = ShiftedBatches(ds.x_train, y_train, cfg.batch_size, cfg.max_shift, cfg.seed)
+        model, record = _new_or_resumed(cfg, ds, out, resume, verbose, len(batches))
         initial_epoch = len(record["epochs"])
-        batches = ShiftedBatches(ds.x_train, y_train, cfg.batch_size, cfg.max_shift, cfg.seed, initial_epoch)
+        batches.set_epoch(initial_epoch)
         callbacks = [_HistoryFile(out, record, batches, len(ds.x_train)), keras.callbacks.TerminateOnNaN()]
         if cfg.tensorboard and _has_tensorboard():
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(out, "tensorboard")))
@@ -183,18 +190,31 @@ def train(cfg: TrainConfig, out: str, resume: bool = False, verbose: int = 1):
     return model, record
 
 
-def _new_or_resumed(cfg, ds, out, resume, verbose):
+# Settings a resumed run may change: how long to train and whether to log to TensorBoard.
+_RESUMABLE_CHANGES = ("epochs", "tensorboard")
+
+
+def _new_or_resumed(cfg, ds, out, resume, verbose, steps_per_epoch):
     """A compiled model and its history record: fresh, or read back from checkpoint.keras."""
     ckpt, hist_path = os.path.join(out, "checkpoint.keras"), os.path.join(out, "history.json")
     if resume and os.path.exists(ckpt):
         with open(hist_path) as f:
             record = json.load(f)
-        if record["config"] != _jsonable(cfg):
-            raise SystemExit(f"--resume: {out} holds a run with a different configuration:\n"
-                             f"  saved: {record['config']}\n  asked: {_jsonable(cfg)}")
+        saved, asked = ({k: v for k, v in c.items() if k not in _RESUMABLE_CHANGES}
+                        for c in (record["config"], _jsonable(cfg)))
+        if saved != asked:
+            changed = {k: (saved.get(k), asked.get(k)) for k in asked if saved.get(k) != asked.get(k)}
+            raise SystemExit(f"--resume: {out} holds a run with other settings (saved, asked): {changed}. "
+                             f"Only {', '.join(_RESUMABLE_CHANGES)} may change when resuming.")
+        model = keras.saving.load_model(ckpt)                # weights + optimizer state (step count, lr)
+        done = int(model.optimizer.iterations) // steps_per_epoch
+        record["epochs"] = record["epochs"][:done]           # drop an epoch whose checkpoint never landed
+        record["config"] = _jsonable(cfg)
         if verbose:
-            print(f"Resuming {out} after epoch {len(record['epochs'])} of {cfg.epochs}.")
-        return keras.saving.load_model(ckpt), record      # weights + optimizer state (step count, lr)
+            print(f"Resuming {out} after epoch {done} of {cfg.epochs}.")
+        return model, record
+    if resume:
+        print(f"--resume: nothing to resume in {out} (no checkpoint.keras); starting a new run.")
     if os.path.exists(ckpt):
         raise SystemExit(f"{out} already holds a run (checkpoint.keras). "
                          "Pass --resume to continue it, or choose another --out.")
@@ -309,7 +329,8 @@ def make_tf_train_step(model, optimizer, reconstruction_weight=0.0005):
             margin = margin_loss(labels, lengths)
             rec = reconstruction_loss(images, recon, reconstruction_weight)
             loss = margin + rec
-        grads = tape.gradient(loss, model.trainable_variables)
+            scaled = optimizer.scale_loss(loss)                   # loss scaling under float16; else loss
+        grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         accuracy = tf.reduce_mean(tf.cast(tf.argmax(lengths, -1) == tf.argmax(labels, -1), tf.float32))
         return {"loss": loss, "margin": margin, "reconstruction": rec, "accuracy": accuracy}
@@ -340,7 +361,8 @@ def parse_args(argv=None):
     d = TrainConfig()
     p.add_argument("--dataset", choices=["mnist", "fashion_mnist"], default=d.dataset,
                    help="mnist reads $CAPSLIB_MNIST (an offline .npz) if set, else keras' download")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="total epochs (a resumed run counts the done ones)")
+    p.add_argument("--epochs", type=int, default=d.epochs,
+                   help="total epochs (a resumed run counts the done ones, and may raise this to train longer)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step")
     p.add_argument("--routing-iterations", type=int, default=d.routing_iterations, help="routing iterations r")
     p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="Adam's initial learning rate")

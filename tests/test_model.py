@@ -160,3 +160,27 @@ def test_entry_points_check_images_even_after_keras_relaxes_traced_shapes():
                  lambda: model.fit(bad, y, verbose=0)):
         with pytest.raises(ShapeError, match=r"ShapeError in CapsNet \(images\).*dim 3 \(channels\) differs"):
             call()
+
+
+def test_entry_points_refuse_nan_and_unscaled_pixels_and_sample_weights():
+    import capslib
+    from capslib import ShapeError
+    model = capslib.CapsNet()
+    model.compile(optimizer="adam", loss=capslib.margin_loss)
+    y = np.eye(10, dtype=np.float32)[:2]
+    x = np.zeros((2, 28, 28, 1), np.float32)
+    with pytest.raises(ShapeError, match="NaN or inf"):
+        model.predict(np.full_like(x, np.nan), verbose=0)
+    unscaled = x.copy()
+    unscaled[0, 3, 3, 0] = 255.0                                # astype("float32") without / 255
+    with pytest.raises(ShapeError, match=r"pixels range over \[0, 255\].*divide 0–255 images by 255"):
+        model.fit(unscaled, y, verbose=0)
+    with pytest.raises(ValueError, match="sample_weight"):
+        model.fit(x, y, sample_weight=np.ones(2, np.float32), verbose=0)
+
+
+def test_primary_caps_names_itself_on_wrong_rank():
+    import capslib
+    from capslib import ShapeError
+    with pytest.raises(ShapeError, match=r"ShapeError in primary_caps \(conv1 features\): expected rank 4"):
+        capslib.PrimaryCaps(name="primary_caps")(np.zeros((2, 20, 256), np.float32))

@@ -82,8 +82,29 @@ def test_outputs_and_refusal_to_overwrite(tmp_path):
     assert saved["environment"]["backend"] == keras.backend.backend()
     with pytest.raises(SystemExit, match="--resume"):
         train.train(cfg, out, verbose=0)
-    with pytest.raises(SystemExit, match="different configuration"):
+    with pytest.raises(SystemExit, match="other settings.*batch_size"):
         train.train(_tiny_cfg(epochs=1, batch_size=8), out, resume=True, verbose=0)
+    # a finished run can be extended: --resume with more epochs trains only the new one
+    _, longer = train.train(_tiny_cfg(epochs=2, tensorboard=True), out, resume=True, verbose=0)
+    assert [e["epoch"] for e in longer["epochs"]] == [1, 2]
+
+
+def test_nan_epoch_never_overwrites_the_last_good_checkpoint(tmp_path):
+    model = train.CapsNet()
+    record = {"epochs": []}
+    cb = train._HistoryFile(str(tmp_path), record, train.ShiftedBatches(
+        np.zeros((4, 28, 28, 1), "float32"), data.one_hot(np.arange(4)), 2), 4)
+    cb.set_model(model)
+    cb.on_epoch_begin(0)
+    cb.on_epoch_end(0, {"loss": 0.5})
+    good = os.path.getmtime(tmp_path / "checkpoint.keras")
+    cb.on_epoch_begin(1)
+    cb.on_epoch_end(1, {"loss": float("nan")})
+    assert record["epochs"][1]["nan"] is True
+    assert os.path.getmtime(tmp_path / "checkpoint.keras") == good
+    assert not os.path.exists(tmp_path / "checkpoint.tmp.keras")
+    with open(tmp_path / "history.json") as f:
+        assert len(json.load(f)["epochs"]) == 2
 
 
 @pytest.fixture
@@ -106,11 +127,12 @@ def test_resume_continues_the_same_run(tmp_path, deterministic_ops):
 
     interrupted = str(tmp_path / "b")
     train.train(_tiny_cfg(epochs=1), interrupted, verbose=0)
-    # Simulate the crash after epoch 1: only the checkpoint and the history exist.
+    # Simulate a crash in epoch 2 right after history.json got its entry but before the
+    # checkpoint was replaced: the history is one epoch ahead of checkpoint.keras.
     os.remove(os.path.join(interrupted, "model.keras"))
     with open(os.path.join(interrupted, "history.json")) as f:
         rec = json.load(f)
-    rec["config"]["epochs"] = 2                                 # the run was started for 2 epochs
+    rec["epochs"].append(dict(rec["epochs"][0], epoch=2))
     with open(os.path.join(interrupted, "history.json"), "w") as f:
         json.dump(rec, f)
     resumed, record = train.train(_tiny_cfg(), interrupted, resume=True, verbose=0)
