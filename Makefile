@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml
 	# Keras 2 for the pitfalls chapter's comparison. --no-deps: its declared dependency is the
 	# full `tensorflow` wheel, which would overwrite tensorflow-cpu's files.
 	$(PY) -m pip install -q --no-deps "tf-keras~=2.21.0"
+	# The PyTorch backend's tests (CI sets CAPSLIB_WITH_TORCH=1; torch 2.13.0 is a local CPU wheel
+	# there, while elsewhere PyPI serves a multi-GB CUDA build, so it is opt-in).
+	if [ -n "$$CAPSLIB_WITH_TORCH" ]; then $(PY) -m pip install -q "torch==2.13.0"; fi
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	rm -f $(VENV)/.installed-*; touch $@
 
