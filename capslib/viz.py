@@ -232,7 +232,7 @@ def network_diagram(model=None, ax=None, images=None):
     for k in range(len(main)):
         box(k)
     for k in (7, 8, 9):
-        box(k, w=branch_w if k == 7 else 5.0)
+        box(k, w=branch_w if k == 7 else 5.6)
     for k in range(len(main) - 1):
         arrow(k, k + 1)
     arrow(6, 7)
