@@ -33,19 +33,14 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from capslib import CapsNet, margin_loss  # noqa: E402
 from capslib import data as capsdata  # noqa: E402
 from capslib.runmode import device_description  # noqa: E402
-from capslib.train import TrainConfig, _precision, make_optimizer  # noqa: E402
+from capslib.train import ShiftedBatches, TrainConfig, _precision, build_model  # noqa: E402
 
 
-def build(batch_size, mixed_precision, jit_compile):
+def build(mixed_precision, jit_compile):
     with _precision(mixed_precision):
-        model = CapsNet()
-        model.compile(optimizer=make_optimizer(TrainConfig()), loss=margin_loss,
-                      metrics=["categorical_accuracy"],
-                      jit_compile={"auto": "auto", "on": True, "off": False}[jit_compile])
-    return model
+        return build_model(TrainConfig(jit_compile=jit_compile))
 
 
 def images_and_labels(n, source, seed=0):
@@ -95,7 +90,7 @@ def main(argv=None):
     print(f"{'batch':>6} {'median ms/step':>15} {'images/s':>10} {'min..max images/s':>20}")
     rows = []
     for b in batch_sizes:
-        model = build(b, args.mixed_precision, args.jit_compile)
+        model = build(args.mixed_precision, args.jit_compile)
         times = time_blocks(model, x, y, b, args.steps, args.repeats)
         ips = [b * args.steps / t for t in times]
         med = statistics.median(times)
@@ -115,11 +110,10 @@ def main(argv=None):
 
     if args.epoch:
         n, b = args.epoch_images, best["batch_size"]
-        model = build(b, args.mixed_precision, args.jit_compile)
+        model = build(args.mixed_precision, args.jit_compile)
         ex, ey = images_and_labels(n, args.data, seed=1)
         time_blocks(model, ex, ey, b, 2, 0)                       # compile outside the timing
         if args.shift:
-            from capslib.train import ShiftedBatches
             batches = ShiftedBatches(ex, ey, b, max_shift=2, seed=0)
             t0 = time.perf_counter()
             model.fit(batches, epochs=1, verbose=0, shuffle=False)

@@ -15,9 +15,11 @@ import keras
 from keras import ops
 
 from .ops import capsule_length, dynamic_routing, squash
-from .shapes import ShapeError, check_float, check_shape, format_shape, static_shape
+from .shapes import ShapeError, check_dims, check_float, check_shape, static_shape
 
 __all__ = ["PrimaryCaps", "DigitCaps", "Length", "Mask", "Decoder"]
+
+_FEATURES = ("batch", "height", "width", "channels")     # conv1's output, PrimaryCaps' input
 
 
 @keras.saving.register_keras_serializable(package="capslib")
@@ -38,20 +40,15 @@ class PrimaryCaps(keras.layers.Layer):
         self.conv = keras.layers.Conv2D(num_types * dim, kernel_size, strides=strides, name="conv")
 
     def build(self, input_shape):
-        self._check_rank(input_shape)
+        check_dims(input_shape, _FEATURES, self.name, "conv1 features")
         self.conv.build(input_shape)
-
-    def _check_rank(self, shape):
-        if len(shape) != 4:
-            raise ShapeError(f"ShapeError in {self.name} (conv1 features): expected rank 4 "
-                             f"(batch, height, width, channels), got rank {len(shape)} {format_shape(shape)}")
 
     def compute_output_shape(self, input_shape):
         h, w = self.conv.compute_output_shape(input_shape)[1:3]
         return (input_shape[0], h * w * self.num_types, self.dim)
 
     def call(self, features):
-        self._check_rank(static_shape(features))
+        check_shape(features, _FEATURES, self.name, "conv1 features")
         check_float(features, self.name, "conv1 features")
         x = self.conv(features)                                         # (batch, 6, 6, 256)
         _, oh, ow, _ = static_shape(x)
@@ -93,9 +90,7 @@ class DigitCaps(keras.layers.Layer):
             kernel_initializer or keras.initializers.TruncatedNormal(stddev=0.01))
 
     def build(self, input_shape):
-        if len(input_shape) != 3:
-            raise ShapeError(f"ShapeError in {self.name} (u): expected rank 3 (batch, in_caps, in_dim), "
-                             f"got rank {len(input_shape)} {tuple(input_shape)}")
+        check_dims(input_shape, ("batch", "in_caps", "in_dim"), self.name, "u")
         _, self.in_caps, self.in_dim = input_shape
         if self.in_caps is None or self.in_dim is None:
             raise ShapeError(f"ShapeError in {self.name} (u): in_caps and in_dim must be known, got {input_shape}")
@@ -157,11 +152,8 @@ class Mask(keras.layers.Layer):
     """
 
     def call(self, v, labels=None):
-        if len(static_shape(v)) != 3:
-            raise ShapeError(f"ShapeError in {self.name} (v): expected rank 3 (batch, out_caps, out_dim), "
-                             f"got rank {len(static_shape(v))} {static_shape(v)}")
+        check_shape(v, ("batch", "out_caps", "out_dim"), self.name, "v")
         _, n_caps, dim = static_shape(v)
-        check_shape(v, ("batch", n_caps, dim), self.name, "v", ("batch", "out_caps", "out_dim"))
         if labels is None:
             labels = ops.one_hot(ops.argmax(capsule_length(v), axis=-1), n_caps)
         else:

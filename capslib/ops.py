@@ -90,12 +90,8 @@ def dynamic_routing(u_hat, iterations=3, return_coupling=False, out_major=False,
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise ShapeError(f"ShapeError in dynamic_routing (iterations): expected an int ≥ 1, got {iterations!r}")
     check_float(u_hat, "dynamic_routing", "u_hat")
-    shape = static_shape(u_hat)
-    if len(shape) != 4:
-        want = "(batch, out_caps, in_caps, out_dim)" if out_major else "(batch, in_caps, out_caps, out_dim)"
-        raise ShapeError(
-            f"ShapeError in dynamic_routing (u_hat): expected rank 4 {want}, got rank {len(shape)} {shape}"
-        )
+    layout = ("batch", "out_caps", "in_caps", "out_dim") if out_major else ("batch", "in_caps", "out_caps", "out_dim")
+    check_shape(u_hat, layout, "dynamic_routing", "u_hat")
     if not out_major:
         u_hat = ops.transpose(u_hat, (0, 2, 1, 3))            # → (batch, out_caps, in_caps, out_dim)
     _, n_out, n_in, out_dim = static_shape(u_hat)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from keras.backend import standardize_dtype
 
-__all__ = ["ShapeError", "check_shape", "check_float", "static_shape", "format_shape"]
+__all__ = ["ShapeError", "check_shape", "check_dims", "check_float", "static_shape", "format_shape"]
 
 
 class ShapeError(ValueError):
@@ -45,11 +45,18 @@ def format_shape(dims) -> str:
 def check_shape(x, expected, stage: str, tensor: str, names=None):
     """Raise :class:`ShapeError` unless ``x``'s static shape matches ``expected``; return ``x``.
 
-    expected: tuple of ints (fixed sizes) and strings (free dims, e.g. ``"batch"``).
+    expected: tuple of ints (fixed sizes) and strings (free dims, e.g. ``"batch"``); all strings
+    checks the rank alone, e.g. before unpacking a shape.
     stage, tensor: where the check sits, e.g. ``"DigitCaps"``, ``"u_hat"``.
     names: optional meaning of each dim, shown next to the dims that differ.
     """
-    got = static_shape(x)
+    check_dims(static_shape(x), expected, stage, tensor, names)
+    return x
+
+
+def check_dims(got, expected, stage: str, tensor: str, names=None):
+    """:func:`check_shape` for a shape itself, e.g. the ``input_shape`` a layer's ``build`` gets."""
+    got = tuple(None if d is None else int(d) for d in got)
     want = format_shape(expected)
     where = f"ShapeError in {stage} ({tensor})"
     if len(got) != len(expected):
@@ -64,7 +71,6 @@ def check_shape(x, expected, stage: str, tensor: str, names=None):
             f"{where}: expected {want}, got {format_shape(got)} — dim{'s' if len(bad) > 1 else ''} {which} differ"
             + ("s" if len(bad) == 1 else "")
         )
-    return x
 
 
 def check_float(x, stage: str, tensor: str):

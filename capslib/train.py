@@ -36,8 +36,9 @@ from . import data as capsdata
 from .losses import margin_loss, reconstruction_loss
 from .model import CapsNet
 from .ops import capsule_length
+from .runmode import device_description, quick
 
-__all__ = ["TrainConfig", "make_optimizer", "ShiftedBatches", "train", "load_or_train",
+__all__ = ["TrainConfig", "make_optimizer", "build_model", "ShiftedBatches", "train", "load_or_train",
            "book_config", "book_model", "make_tf_train_step", "main"]
 
 # Quick mode: a subset that trains in about two minutes on 2 CPU cores.
@@ -142,7 +143,6 @@ def _write_json(path, obj):
 
 def _environment():
     """Where the run happened, for the history file and the book's notes."""
-    from .runmode import device_description
     return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "python": platform.python_version(), "keras": keras.__version__,
             "backend": keras.backend.backend(), "device": device_description(),
@@ -190,6 +190,15 @@ def train(cfg: TrainConfig, out: str, resume: bool = False, verbose: int = 1):
     return model, record
 
 
+def build_model(cfg: TrainConfig, input_shape=(28, 28, 1)) -> CapsNet:
+    """A CapsNet compiled as every run compiles it: Adam with the decay, the margin loss (plus
+    the reconstruction loss in ``CapsNet.compute_loss``), categorical accuracy, ``cfg``'s XLA."""
+    model = CapsNet(input_shape=input_shape, routing_iterations=cfg.routing_iterations, use_bias=cfg.use_bias)
+    model.compile(optimizer=make_optimizer(cfg), loss=margin_loss, metrics=["categorical_accuracy"],
+                  jit_compile={"auto": "auto", "on": True, "off": False}[cfg.jit_compile])
+    return model
+
+
 # Settings a resumed run may change: how long to train and whether to log to TensorBoard.
 _RESUMABLE_CHANGES = ("epochs", "tensorboard")
 
@@ -218,10 +227,7 @@ def _new_or_resumed(cfg, ds, out, resume, verbose, steps_per_epoch):
     if os.path.exists(ckpt):
         raise SystemExit(f"{out} already holds a run (checkpoint.keras). "
                          "Pass --resume to continue it, or choose another --out.")
-    model = CapsNet(input_shape=ds.x_train.shape[1:], routing_iterations=cfg.routing_iterations,
-                    use_bias=cfg.use_bias)
-    model.compile(optimizer=make_optimizer(cfg), loss=margin_loss, metrics=["categorical_accuracy"],
-                  jit_compile={"auto": "auto", "on": True, "off": False}[cfg.jit_compile])
+    model = build_model(cfg, ds.x_train.shape[1:])
     return model, {"config": _jsonable(cfg), "data": ds.description, "environment": _environment(), "epochs": []}
 
 
@@ -288,7 +294,6 @@ def book_config() -> TrainConfig:
     """The model the book's chapters share. Quick mode (``CAPSBOOK_QUICK=1``): 4,000 training
     images, 1 epoch, batch 32 (a few minutes on 2 CPU cores). Full mode: all the data, 10 epochs,
     batch 128 (minutes on a GPU)."""
-    from .runmode import quick
     if quick():
         return TrainConfig(epochs=1, batch_size=32, train_size=QUICK_TRAIN, test_size=QUICK_TEST,
                            tensorboard=False)
@@ -299,7 +304,6 @@ def book_model(verbose=0):
     """``(model, record)`` for the chapters: trained once per build (or per Colab session) with
     :func:`book_config`, then reused. Stored in ``$CAPSBOOK_MODELS``, else ``_build/models``
     beside ``_toc.yml`` when run inside the book, else ``./capsbook-models``."""
-    from .runmode import quick
     root = os.environ.get("CAPSBOOK_MODELS")
     if not root:
         here = os.getcwd()
