@@ -11,7 +11,10 @@ calls (tracing, warm-up) are not timed; the figure is the median of the timed re
 
 Variants, each measured in its own subprocess so that peak memory belongs to one variant only:
 
-  capslib  a ``capslib.DigitCaps`` layer (its einsum predictions + ``capslib.dynamic_routing``)
+  capslib  a ``capslib.DigitCaps`` layer (its einsum predictions + ``capslib.dynamic_routing``,
+           whose backward is hand-written: dL/dû as one batched matmul)
+  autodiff the same forward, with routing differentiated by TensorFlow's autodiff instead
+           (``dynamic_routing(..., autodiff=True)``): shows what the hand-written backward buys
   tiled    the BASELINE, as the widely-read TF2 port wrote it: W tiled to (batch, 1152, 10, 16, 8),
            u to (batch, 1152, 10, 8, 1), one batched tf.matmul, routing on (batch, 1152, 10) logits.
 
@@ -53,7 +56,7 @@ import time
 IN_CAPS, IN_DIM, OUT_CAPS, OUT_DIM = 1152, 8, 10, 16
 GOAL_TIME, GOAL_MEMORY = 0.3, 0.5            # capslib / tiled must be at most these
 RESULT_TAG = "BENCH_RESULT "                 # the worker's JSON line on stdout starts with this
-VARIANTS = ("capslib", "tiled")
+VARIANTS = ("capslib", "tiled", "autodiff")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,14 +203,16 @@ def run_stage_worker(variant, batch, warmup, repeats, iterations, seed):
     # The same W in both variants (truncated-normal-like, stddev 0.01), so their losses agree.
     w_init = np.clip(rng.standard_normal((IN_CAPS, OUT_CAPS, OUT_DIM, IN_DIM)), -2, 2).astype("float32") * 0.01
 
-    if variant == "capslib":
+    if variant in ("capslib", "autodiff"):
         layer = capslib.DigitCaps(num_caps=OUT_CAPS, dim=OUT_DIM, routing_iterations=iterations)
         layer.build((None, IN_CAPS, IN_DIM))
         layer.W.assign(w_init)
         W = layer.W
 
         def forward(x):
-            return layer(x)
+            if variant == "capslib":
+                return layer(x)
+            return capslib.dynamic_routing(layer.predictions(x), iterations, out_major=True, autodiff=True)
     elif variant == "tiled":
         W = tf.Variable(w_init, name="W")
 
@@ -401,7 +406,9 @@ def report(results, full, args):
     print(f"{'variant':<10} {'median ms/step':>15} {'images/s':>10} {'peak extra MB':>14} "
           f"{'(steady MB)':>12} {'(forward ms)':>13}")
     print("-" * 78)
-    for r in (a, b):
+    for r in (a, b, results.get("autodiff")):
+        if r is None:
+            continue
         print(f"{r['variant']:<10} {r['median_step_ms']:15.1f} {r['images_per_s']:10.1f} "
               f"{fmt_mem(r):>14} {fmt_steady(r):>12} {r['median_forward_ms']:13.1f}")
     print()
@@ -416,6 +423,12 @@ def report(results, full, args):
     print(f"  forward only {a['median_forward_ms'] / b['median_forward_ms']:.3f}x", end="")
     sa, sb = a["memory"].get("steady_extra_mb"), b["memory"].get("steady_extra_mb")
     print(f", steady memory {sa / sb:.3f}x" if sa is not None and sb else "")
+    auto = results.get("autodiff")
+    if auto is not None:
+        print(f"  hand-written routing backward vs autodiff (capslib/autodiff): time "
+              f"{a['median_step_ms'] / auto['median_step_ms']:.3f}x, peak memory "
+              f"{a['memory']['peak_extra_mb'] / auto['memory']['peak_extra_mb']:.3f}x; "
+              f"|dL/dW| {a['grad_W_norm']:.6g} vs {auto['grad_W_norm']:.6g}")
     rel = abs(a["loss"] - b["loss"]) / max(abs(b["loss"]), 1e-30)
     print(f"check: sum(v²) capslib {a['loss']:.6g}, tiled {b['loss']:.6g} (rel. diff {rel:.1e}); "
           f"|dL/dW| {a['grad_W_norm']:.4g} vs {b['grad_W_norm']:.4g}")
@@ -423,8 +436,8 @@ def report(results, full, args):
     print("Memory: 'peak extra MB' = peak resident memory (RSS) of the variant's process during warm-up")
     print("(tracing included) and timed steps, minus its RSS after importing TF, building the model and")
     print("creating the inputs; the ratio uses it. 'steady MB' = the same over the timed steps only.")
-    mask = any(r["memory"]["peak_may_be_masked"] for r in (a, b))
-    reset = all(r["memory"]["peak_reset"] for r in (a, b))
+    mask = any(r["memory"]["peak_may_be_masked"] for r in results.values())
+    reset = all(r["memory"]["peak_reset"] for r in results.values())
     print("Peak counter reset via /proc/self/clear_refs: " + ("yes." if reset else "NO (steady n/a).")
           + (" * = the import-time peak may hide the step's peak." if mask else ""))
     tfm = b["memory"]["tf_memory_info"]

@@ -86,6 +86,35 @@ def routing_reference_np(u_hat, iterations, bias=None):
     return v, c
 
 
+def routing_gradient_reference(u_hat, iterations, weights, bias=None, eps=1e-6):
+    """d/dû and d/dbias of ``sum(v · weights)``, v = Procedure 1, by central differences in float64.
+
+    Independent of any autodiff: it only evaluates :func:`routing_reference_np`. Meant for small
+    cases (each entry costs two evaluations).
+    """
+    u = np.asarray(u_hat, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    b = None if bias is None else np.asarray(bias, dtype=np.float64)
+
+    def f(u_, b_):
+        return float(np.sum(routing_reference_np(u_, iterations, b_)[0] * w))
+
+    def numeric(x, at):
+        g = np.zeros_like(x)
+        for k in np.ndindex(x.shape):
+            x[k] += eps
+            hi = at()
+            x[k] -= 2 * eps
+            lo = at()
+            x[k] += eps
+            g[k] = (hi - lo) / (2 * eps)
+        return g
+
+    du = numeric(u, lambda: f(u, b))
+    db = None if b is None else numeric(b, lambda: f(u, b))
+    return du, db
+
+
 def margin_loss_reference(y, lengths, m_plus=0.9, m_minus=0.1, lam=0.5):
     """Eq. 4 summed over classes, averaged over the batch, with explicit loops (float64)."""
     y = np.asarray(y, dtype=np.float64)

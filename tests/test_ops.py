@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import capslib
 from capslib import capsule_length, dynamic_routing, squash
-from conftest import (routing_reference_loop, routing_reference_np, squash_reference,
+from conftest import (routing_gradient_reference, routing_reference_loop, routing_reference_np, squash_reference,
                       squash_reference_np)
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -310,3 +310,133 @@ def test_routing_gradient_of_zero_input_is_finite():
     with tf.GradientTape() as tape:
         y = tf.reduce_sum(capsule_length(dynamic_routing(u, 3)))
     assert np.isfinite(tape.gradient(y, u).numpy()).all()
+
+
+# --------------------------------------------------------------------------- the hand-written backward
+
+
+def _routing_grads(u, iterations, weights, bias=None, out_major=False, autodiff=False):
+    """(loss, dL/dû, dL/dbias) for L = sum(v · weights), by tf.GradientTape through capslib."""
+    u = tf.constant(u)
+    b = None if bias is None else tf.constant(bias)
+    with tf.GradientTape() as tape:
+        tape.watch(u)
+        if b is not None:
+            tape.watch(b)
+        v = dynamic_routing(u, iterations, out_major=out_major, bias=b, autodiff=autodiff)
+        loss = tf.reduce_sum(v * weights)
+    du, db = tape.gradient(loss, [u, b]) if b is not None else (tape.gradient(loss, u), None)
+    return float(loss), du.numpy(), None if db is None else db.numpy()
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 3, 5])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_routing_backward_matches_finite_differences_of_the_reference(small_u_hat, rng, iterations, with_bias):
+    """The default (hand-written) backward against central differences of the float64 reference."""
+    weights = rng.normal(0, 1, (2, 4, 5)).astype("float32")
+    bias = rng.normal(0, 0.5, (4, 5)).astype("float32") if with_bias else None
+    _, du, db = _routing_grads(small_u_hat, iterations, weights, bias)
+    du_ref, db_ref = routing_gradient_reference(small_u_hat, iterations, weights, bias)
+    assert np.abs(du_ref).max() > 1e-2                       # a gradient worth comparing
+    np.testing.assert_allclose(du, du_ref, rtol=1e-4, atol=1e-5)
+    if with_bias:
+        np.testing.assert_allclose(db, db_ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 3, 5])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("out_major", [False, True])
+def test_routing_backward_matches_autodiff(small_u_hat, rng, iterations, with_bias, out_major):
+    u = np.ascontiguousarray(small_u_hat.transpose(0, 2, 1, 3)) if out_major else small_u_hat
+    weights = rng.normal(0, 1, (2, 4, 5)).astype("float32")
+    bias = rng.normal(0, 0.5, (4, 5)).astype("float32") if with_bias else None
+    loss_h, du_h, db_h = _routing_grads(u, iterations, weights, bias, out_major)
+    loss_a, du_a, db_a = _routing_grads(u, iterations, weights, bias, out_major, autodiff=True)
+    assert loss_h == loss_a                                   # the same forward either way
+    np.testing.assert_allclose(du_h, du_a, rtol=1e-5, atol=1e-6)
+    if with_bias:
+        np.testing.assert_allclose(db_h, db_a, rtol=1e-5, atol=1e-6)
+
+
+def test_routing_backward_real_size_matches_autodiff_under_tf_function(rng):
+    """(batch 4, 10, 1152, 16) out-major, as DigitCaps calls it, inside tf.function."""
+    u = (rng.normal(0, 0.05, (4, 10, 1152, 16)) + rng.normal(0, 0.02, (1, 10, 1, 16))).astype("float32")
+    weights = tf.constant(rng.normal(0, 1, (4, 10, 16)).astype("float32"))
+
+    @tf.function(jit_compile=False)
+    def grad(x, autodiff):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(dynamic_routing(x, 3, out_major=True, autodiff=autodiff) * weights)
+        return tape.gradient(loss, x)
+
+    x = tf.constant(u)
+    hand, auto = grad(x, False).numpy(), grad(x, True).numpy()
+    assert np.isfinite(hand).all()
+    np.testing.assert_allclose(hand, auto, rtol=1e-4, atol=1e-7 * np.abs(auto).max())
+
+
+def _squash_vjp_reference(s, dv):
+    """Eq. 1's vector-Jacobian product in float64: v = h(n)·s, h = n/(1+n²), n = |s|, so
+    ds = h·dv + s·h'(n)/n·(s·dv) with h' = (1-n²)/(1+n²)²; and 0 at s = 0."""
+    s, dv = np.asarray(s, np.float64), np.asarray(dv, np.float64)
+    n = np.linalg.norm(s, axis=-1, keepdims=True)
+    safe = np.where(n == 0, 1.0, n)
+    h = n / (1 + n * n)
+    dh_over_n = np.where(n == 0, 0.0, (1 - n * n) / (1 + n * n) ** 2 / safe)
+    return h * dv + s * dh_over_n * np.sum(s * dv, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("log_mag", [None, -30, -20, -5, 0, 1, 5, 20, 30])
+def test_squash_backward_matches_the_exact_gradient(rng, log_mag):
+    """capslib.ops._squash_backward (used by the routing backward) is squash's exact gradient,
+    finite from |s| = 0 to 1e30; and the same as autodiff through squash where float32's
+    intermediate n² neither underflows nor overflows."""
+    from capslib.ops import _squash_backward
+    direction = rng.normal(0, 1, (3, 10, 16))
+    scale = 0.0 if log_mag is None else 10.0 ** log_mag
+    s_np = (direction * scale * rng.uniform(0.5, 2.0, (3, 10, 1))).astype("float32")
+    dv_np = rng.normal(0, 1, (3, 10, 16)).astype("float32")
+    hand = to_np(_squash_backward(tf.constant(s_np), tf.constant(dv_np)))
+    exact = _squash_vjp_reference(s_np, dv_np)
+    assert np.isfinite(hand).all()
+    # (at s = 0 both are 0 up to ~1e-36: capslib's norm there is 1e-30·sqrt(1e-12), not exactly 0)
+    np.testing.assert_allclose(hand, exact, rtol=1e-4, atol=1e-5 * max(np.abs(exact).max(), 1e-30))
+    if log_mag is not None and abs(log_mag) <= 5:
+        s = tf.constant(s_np)
+        with tf.GradientTape() as tape:
+            tape.watch(s)
+            v = squash(s)
+        auto = tape.gradient(v, s, output_gradients=tf.constant(dv_np)).numpy()
+        np.testing.assert_allclose(hand, auto, rtol=1e-5, atol=1e-6 * np.abs(auto).max())
+
+
+def test_routing_backward_under_bfloat16_is_close_to_float32(small_u_hat, rng):
+    """Mixed precision: û in bfloat16 gives a bfloat16 gradient close to the float32 one."""
+    weights = rng.normal(0, 1, (2, 4, 5)).astype("float32")
+    _, du32, _ = _routing_grads(small_u_hat, 3, weights)
+    u16 = tf.constant(small_u_hat, dtype=tf.bfloat16)
+    with tf.GradientTape() as tape:
+        tape.watch(u16)
+        loss = tf.reduce_sum(tf.cast(dynamic_routing(u16, 3), tf.float32) * weights)
+    du16 = tape.gradient(loss, u16)
+    assert du16.dtype == tf.bfloat16
+    du16 = tf.cast(du16, tf.float32).numpy()
+    assert np.isfinite(du16).all()
+    np.testing.assert_allclose(du16, du32, rtol=0.05, atol=0.02 * np.abs(du32).max())
+
+
+def test_routing_coupling_path_is_differentiable(small_u_hat):
+    """return_coupling=True runs the same loop under autodiff; its gradient equals the default's."""
+    u = tf.constant(small_u_hat)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(u)
+        v_c, _ = dynamic_routing(u, 3, return_coupling=True)
+        v = dynamic_routing(u, 3)
+        a, b = tf.reduce_sum(tf.square(v_c)), tf.reduce_sum(tf.square(v))
+    np.testing.assert_allclose(tape.gradient(a, u).numpy(), tape.gradient(b, u).numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_routing_bias_of_wrong_shape_is_named(small_u_hat):
+    with pytest.raises(capslib.ShapeError, match=r"dynamic_routing \(bias\): expected \(4, 5\), got \(5, 4\)"):
+        dynamic_routing(small_u_hat, 3, bias=np.zeros((5, 4), np.float32))
