@@ -5,6 +5,7 @@ Written with ``keras.ops`` only, so they run on TensorFlow, JAX and PyTorch alik
 
 from __future__ import annotations
 
+import keras
 from keras import ops
 
 from .shapes import ShapeError, check_float, check_shape, static_shape
@@ -92,8 +93,10 @@ def dynamic_routing(u_hat, iterations=3, return_coupling=False, out_major=False,
     iterations: r ≥ 1; the paper uses 3.
     bias: optional ``(out_caps, out_dim)`` added to every s_j, as in the official code.
     autodiff: differentiate the loop below with the framework's autodiff instead of the
-        hand-written backward (:func:`_routing_backward`); the gradients are the same (tested), the
-        hand-written one is faster and smaller. ``return_coupling=True`` always uses autodiff.
+        hand-written backward (:func:`_routing_backward`). First-order gradients are the same
+        (tested); the hand-written one is faster and smaller. It is first-order only: for
+        higher-order derivatives (PyTorch ``create_graph=True`` raises; JAX ``jvp``/``jacfwd``
+        are refused by JAX) pass ``autodiff=True``. ``return_coupling=True`` always uses autodiff.
     Returns v, shape ``(batch, out_caps, out_dim)``; with ``return_coupling=True`` returns
     ``(v, c)``, c the couplings of the last iteration, shape ``(batch, in_caps, out_caps)``.
 
@@ -126,9 +129,16 @@ def dynamic_routing(u_hat, iterations=3, return_coupling=False, out_major=False,
         if return_coupling:
             return v, ops.transpose(cs[-1], (0, 2, 1))        # c: (batch, in_caps, out_caps)
         return v
-    if bias is None:
-        return _routed(iterations)(u_hat)
-    return _routed_with_bias(iterations)(u_hat, ops.cast(bias, u_hat.dtype))
+    # No bias is a zero bias (adding 0 changes nothing), so one custom-gradient function serves.
+    bias = ops.zeros((n_out, out_dim), "float32") if bias is None else _as_tensor(bias)
+    return _routed(iterations)(_as_tensor(u_hat), bias)
+
+
+def _as_tensor(x):
+    """``x`` as a plain tensor, which custom_gradient needs (TensorFlow refuses a variable)."""
+    if isinstance(x, keras.Variable) or hasattr(x, "assign"):
+        return ops.copy(x)                                    # reads the variable; gradients still reach it
+    return ops.convert_to_tensor(x)
 
 
 def _routing_forward(u_hat, iterations, bias=None):
@@ -150,7 +160,7 @@ def _routing_forward(u_hat, iterations, bias=None):
         # s_j = Σ_i c_ij û_{j|i}: for each (batch, j) a (1, in) @ (in, dim) product.
         s = ops.squeeze(ops.matmul(c[:, :, None, :], u_hat), axis=2)
         if bias is not None:
-            s = s + bias
+            s = s + ops.cast(bias, s.dtype)                   # a float32 bias on 16-bit û stays 16-bit
         check_shape(s, ("batch", n_out, out_dim), stage, "s", ("batch", "out_caps", "out_dim"))
         v = squash(s)                                         # (batch, out_caps, out_dim)
         cs.append(c)
@@ -173,14 +183,14 @@ def _routing_backward(u_hat, cs, ss, dv):
     tensor of û's size instead of 2r-1, and one pass over memory instead of 4r-2.
     """
     iterations = len(cs)
-    big = u_hat.dtype                                         # big products in û's dtype
+    work_dtype = u_hat.dtype                                  # the products with û run in its dtype
     ps, qs, dss = [], [], []
     db = None                # dL/db after iteration r's update: the sum over all later softmaxes
     for r in reversed(range(iterations)):
         c = cs[r]
         if db is not None:
             # b += û·v_r  ⇒  dv_r = Σ_i db_ji û_{j|i}, and dû gets db ⊗ v_r.
-            dv = ops.squeeze(ops.matmul(ops.cast(db, big)[:, :, None, :], u_hat), axis=2)
+            dv = ops.squeeze(ops.matmul(ops.cast(db, work_dtype)[:, :, None, :], u_hat), axis=2)
             ps.append(db)
             qs.append(squash(ss[r]))
         ds = _squash_backward(ops.cast(ss[r], "float32"), ops.cast(dv, "float32"))
@@ -189,43 +199,41 @@ def _routing_backward(u_hat, cs, ss, dv):
         ps.append(c)
         qs.append(ds)
         if r > 0:                                             # b before iteration 0 is a constant
-            dc = ops.cast(ops.squeeze(ops.matmul(u_hat, ops.cast(ds, big)[..., None]), axis=-1), "float32")
+            dc = ops.cast(ops.squeeze(ops.matmul(u_hat, ops.cast(ds, work_dtype)[..., None]), axis=-1), "float32")
             c32 = ops.cast(c, "float32")
             dlogits = c32 * (dc - ops.sum(c32 * dc, axis=1, keepdims=True))   # softmax over j
             db = dlogits if db is None else db + dlogits
-    p = ops.stack([ops.cast(x, big) for x in ps], axis=-1)    # (batch, out_caps, in_caps, 2r-1)
-    q = ops.stack([ops.cast(x, big) for x in qs], axis=-2)    # (batch, out_caps, 2r-1, out_dim)
+    p = ops.stack([ops.cast(x, work_dtype) for x in ps], axis=-1)    # (batch, out_caps, in_caps, 2r-1)
+    q = ops.stack([ops.cast(x, work_dtype) for x in qs], axis=-2)    # (batch, out_caps, 2r-1, out_dim)
     return ops.matmul(p, q), dss[::-1]                        # (batch, out_caps, in_caps, out_dim)
 
 
-def _upstream(args, upstream):
-    # keras.ops.custom_gradient passes the output's gradient positionally on TensorFlow and JAX,
-    # and as `upstream=` (after the inputs) on PyTorch.
-    return args[0] if upstream is None else upstream
-
-
 def _routed(iterations):
-    """Routing without bias, differentiated by :func:`_routing_backward`."""
-    @ops.custom_gradient
-    def route(u_hat):
-        v, cs, ss = _routing_forward(u_hat, iterations)
+    """Routing on (u_hat, bias), differentiated by :func:`_routing_backward` on every backend."""
+    on_torch = keras.backend.backend() == "torch"
 
-        def grad(*args, upstream=None):
-            du, _ = _routing_backward(u_hat, cs, ss, _upstream(args, upstream))
-            return du
-        return v, grad
-    return route
-
-
-def _routed_with_bias(iterations):
-    """Routing with a bias on s, differentiated by :func:`_routing_backward`."""
     @ops.custom_gradient
     def route(u_hat, bias):
         v, cs, ss = _routing_forward(u_hat, iterations, bias)
+        # TensorFlow and JAX call grad(dv) alone, so grad must keep û. PyTorch calls
+        # grad(u_hat, bias, upstream=dv) with its saved copies, freed after the backward pass;
+        # keeping û here as well would hold it (94 MB at batch 128) until the loss is dropped.
+        # (Also on PyTorch: Keras reruns a forward that raised, so an error there shows twice.)
+        kept_u_hat = None if on_torch else u_hat
+        bias_dtype = bias.dtype
 
         def grad(*args, upstream=None):
-            du, dss = _routing_backward(u_hat, cs, ss, _upstream(args, upstream))
+            if upstream is None:
+                u, dv = kept_u_hat, args[0]
+            else:
+                import torch
+                if torch.is_grad_enabled():                   # backward(create_graph=True)
+                    raise NotImplementedError(
+                        "capslib.dynamic_routing: the hand-written routing backward is first-order "
+                        "only; for higher-order gradients call dynamic_routing(..., autodiff=True)")
+                u, dv = args[0], upstream
+            du, dss = _routing_backward(u, cs, ss, dv)
             dbias = ops.sum(ops.stack(dss), axis=(0, 1))     # the bias is added to every s
-            return du, ops.cast(dbias, bias.dtype)
+            return du, ops.cast(dbias, bias_dtype)
         return v, grad
     return route

@@ -92,6 +92,45 @@ SCRIPT = textwrap.dedent(
             tag = "autodiff" if autodiff else "hand"
             arrays[f"du_{tag}"], arrays[f"dbias_{tag}"] = du, db
 
+    def routing_grad_more():
+        # mixed precision, a keras.Variable as input, and (PyTorch) memory and second order
+        u, bias, w = data["u_small"], data["bias"], data["w_v"]
+        u_out = np.ascontiguousarray(u.transpose(0, 2, 1, 3))
+        if backend == "jax":
+            import jax, jax.numpy as jnp
+            du16, db16 = jax.grad(lambda a, b: jnp.sum(capslib.dynamic_routing(a, 3, bias=b).astype("float32") * w),
+                                  argnums=(0, 1))(jnp.asarray(u, jnp.bfloat16), bias)
+            facts["bf16"] = [str(du16.dtype), str(db16.dtype)]
+            arrays["dbias_bf16"] = np.asarray(db16)
+            var = keras.Variable(u_out)
+            g = jax.grad(lambda val: jnp.sum(jnp.square(capslib.dynamic_routing(val, 3, out_major=True))))(var.value)
+            arrays["dvar"] = np.asarray(g)
+        elif backend == "torch":
+            import gc, weakref, torch
+            a = torch.tensor(u, dtype=torch.bfloat16, requires_grad=True)
+            b = torch.tensor(bias, requires_grad=True)
+            (capslib.dynamic_routing(a, 3, bias=b).float() * torch.tensor(w)).sum().backward()
+            facts["bf16"] = [str(a.grad.dtype).replace("torch.", ""), str(b.grad.dtype).replace("torch.", "")]
+            arrays["dbias_bf16"] = b.grad.numpy()
+            var = keras.Variable(u_out)
+            capslib.dynamic_routing(var, 3, out_major=True).square().sum().backward()
+            arrays["dvar"] = var.value.grad.numpy()
+            # û is freed after the backward pass, as with autodiff, even while the loss is alive
+            x = torch.tensor(u_out, requires_grad=True)
+            u_hat = x * 1.0
+            ref = weakref.ref(u_hat)
+            loss = capslib.dynamic_routing(u_hat, 3, out_major=True).square().sum()
+            del u_hat
+            loss.backward()
+            gc.collect()
+            facts["u_hat_freed_after_backward"] = ref() is None
+            x = torch.tensor(u, requires_grad=True)
+            try:
+                torch.autograd.grad(capslib.dynamic_routing(x, 3).sum(), x, create_graph=True)
+                facts["second_order"] = None
+            except NotImplementedError as e:
+                facts["second_order"] = str(e)
+
     def model_():
         keras.utils.set_random_seed(0)
         m = capslib.CapsNet()
@@ -140,7 +179,7 @@ SCRIPT = textwrap.dedent(
             to_np(capslib.reconstruction_loss(x, m.decode(v, y))))
 
     for name, fn in [("ops", ops_), ("squash_grad", squash_grad), ("routing_grad", routing_grad),
-                     ("model", model_), ("fit", fit_)]:
+                     ("routing_grad_more", routing_grad_more), ("model", model_), ("fit", fit_)]:
         attempt(name, fn)
     np.savez(os.path.join(work, "outputs.npz"), **arrays)
     with open(os.path.join(work, "facts.json"), "w") as f:
@@ -246,6 +285,29 @@ def test_routing_backward_matches_autodiff_and_finite_differences(run):
         np.testing.assert_allclose(out[f"du_{tag}"], du_ref, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(out[f"dbias_{tag}"], db_ref, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(out["du_hand"], out["du_autodiff"], rtol=1e-5, atol=1e-6)
+
+
+def test_routing_backward_mixed_precision_and_variables(run):
+    """bfloat16 û with a float32 bias: bfloat16 dû, float32 dbias close to float32's; and a
+    keras.Variable passed straight in gets the same gradient as a tensor."""
+    inputs, out, facts = run
+    _no_error(facts, "routing_grad_more")
+    assert facts["bf16"] == ["bfloat16", "float32"]
+    ref = out["dbias_hand"]
+    np.testing.assert_allclose(out["dbias_bf16"], ref, rtol=0.05, atol=0.02 * np.abs(ref).max())
+    # d sum(v²)/dû = 2v · dv/dû, i.e. the gradient of sum(v · w) with w = 2v held fixed
+    v_ref = routing_reference_loop(inputs["u_small"], 3)[0]
+    du_ref, _ = routing_gradient_reference(inputs["u_small"], 3, 2 * v_ref)
+    np.testing.assert_allclose(out["dvar"], du_ref.transpose(0, 2, 1, 3), rtol=1e-4, atol=1e-5)
+
+
+def test_routing_backward_on_torch_frees_u_hat_and_refuses_second_order(run, request):
+    if request.node.callspec.params["run"] != "torch":
+        pytest.skip("PyTorch only")
+    _, _, facts = run
+    _no_error(facts, "routing_grad_more")
+    assert facts["u_hat_freed_after_backward"]
+    assert facts["second_order"] is not None and "autodiff=True" in facts["second_order"]
 
 
 def test_capsnet_forward_shapes(run):

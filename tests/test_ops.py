@@ -440,3 +440,54 @@ def test_routing_coupling_path_is_differentiable(small_u_hat):
 def test_routing_bias_of_wrong_shape_is_named(small_u_hat):
     with pytest.raises(capslib.ShapeError, match=r"dynamic_routing \(bias\): expected \(4, 5\), got \(5, 4\)"):
         dynamic_routing(small_u_hat, 3, bias=np.zeros((5, 4), np.float32))
+
+
+def test_routing_backward_second_order_matches_autodiff_on_tensorflow(small_u_hat, rng):
+    """On TensorFlow the hand-written backward is itself differentiable (its ops are recorded)."""
+    weights = rng.normal(0, 1, (2, 4, 5)).astype("float32")
+
+    def grad_of_grad_norm(autodiff):
+        u = tf.constant(small_u_hat)
+        with tf.GradientTape() as outer:
+            outer.watch(u)
+            with tf.GradientTape() as inner:
+                inner.watch(u)
+                loss = tf.reduce_sum(dynamic_routing(u, 3, autodiff=autodiff) * weights)
+            g = inner.gradient(loss, u)
+            g2 = tf.reduce_sum(tf.square(g))
+        return outer.gradient(g2, u).numpy()
+
+    hand, auto = grad_of_grad_norm(False), grad_of_grad_norm(True)
+    np.testing.assert_allclose(hand, auto, rtol=1e-4, atol=1e-6 * np.abs(auto).max())
+
+
+@pytest.mark.parametrize("kind", ["tf.Variable", "keras.Variable"])
+def test_routing_of_a_variable_gets_its_gradient(small_u_hat, kind):
+    """A variable passed straight in (out-major, so nothing else turns it into a tensor first)."""
+    u_out = np.ascontiguousarray(small_u_hat.transpose(0, 2, 1, 3))
+    var = tf.Variable(u_out) if kind == "tf.Variable" else keras.Variable(u_out)
+    target = var if kind == "tf.Variable" else var.value
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.square(dynamic_routing(var, 3, out_major=True)))
+    g = tape.gradient(loss, target)
+    with tf.GradientTape() as tape:
+        x = tf.constant(u_out)
+        tape.watch(x)
+        loss_ref = tf.reduce_sum(tf.square(dynamic_routing(x, 3, out_major=True, autodiff=True)))
+    np.testing.assert_allclose(g.numpy(), tape.gradient(loss_ref, x).numpy(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("autodiff", [False, True])
+def test_routing_bfloat16_u_hat_with_float32_bias(small_u_hat, rng, autodiff):
+    """Mixed precision: v stays bfloat16 and the bias's gradient comes back float32, either path."""
+    u = tf.constant(small_u_hat, dtype=tf.bfloat16)
+    bias = tf.constant(rng.normal(0, 0.5, (4, 5)).astype("float32"))
+    weights = rng.normal(0, 1, (2, 4, 5)).astype("float32")
+    with tf.GradientTape() as tape:
+        tape.watch([u, bias])
+        v = dynamic_routing(u, 3, bias=bias, autodiff=autodiff)
+        loss = tf.reduce_sum(tf.cast(v, tf.float32) * weights)
+    du, dbias = tape.gradient(loss, [u, bias])
+    assert v.dtype == tf.bfloat16 and du.dtype == tf.bfloat16 and dbias.dtype == tf.float32
+    _, _, dbias32 = _routing_grads(small_u_hat, 3, weights, bias.numpy())
+    np.testing.assert_allclose(dbias.numpy(), dbias32, rtol=0.05, atol=0.02 * np.abs(dbias32).max())
