@@ -192,7 +192,7 @@ def _routing_backward(u_hat, cs, ss, dv):
             # b += û·v_r  ⇒  dv_r = Σ_i db_ji û_{j|i}, and dû gets db ⊗ v_r.
             dv = ops.squeeze(ops.matmul(ops.cast(db, work_dtype)[:, :, None, :], u_hat), axis=2)
             ps.append(db)
-            qs.append(squash(ss[r]))
+            qs.append(squash(ss[r]))                          # v_r again: (batch, 10, 16), cheap to redo
         ds = _squash_backward(ops.cast(ss[r], "float32"), ops.cast(dv, "float32"))
         dss.append(ds)
         # s_j = Σ_i c_ij û_{j|i}  ⇒  dc_ij = û_{j|i}·ds_j, and dû gets c ⊗ ds.
