@@ -191,6 +191,19 @@ def _memory_result(tf, baseline, peak_before, reset_ok, peak):
     }
 
 
+def _step_stats(batch, warmup, repeats, times, cpu):
+    """The timing fields every worker reports: raw step times and CPU times, and their medians."""
+    return {
+        "warmup": warmup,
+        "repeats": repeats,
+        "step_times_s": times,
+        "median_step_ms": 1000 * statistics.median(times),
+        "images_per_s": batch / statistics.median(times),
+        "step_cpu_s": cpu,
+        "median_step_cpu_ms": 1000 * statistics.median(cpu),
+    }
+
+
 def run_stage_worker(variant, batch, warmup, repeats, iterations, seed):
     load_before = os.getloadavg()
     import numpy as np
@@ -247,13 +260,7 @@ def run_stage_worker(variant, batch, warmup, repeats, iterations, seed):
         "variant": variant,
         "batch": batch,
         "iterations": iterations,
-        "warmup": warmup,
-        "repeats": repeats,
-        "step_times_s": train_times,
-        "median_step_ms": 1000 * statistics.median(train_times),
-        "images_per_s": batch / statistics.median(train_times),
-        "step_cpu_s": train_cpu,
-        "median_step_cpu_ms": 1000 * statistics.median(train_cpu),
+        **_step_stats(batch, warmup, repeats, train_times, train_cpu),
         "forward_times_s": fwd_times,
         "median_forward_ms": 1000 * statistics.median(fwd_times),
         "loss": float(loss),
@@ -285,13 +292,7 @@ def run_fullstep_worker(batch, warmup, repeats, seed):
     return {
         "variant": "capslib.CapsNet train_on_batch",
         "batch": batch,
-        "warmup": warmup,
-        "repeats": repeats,
-        "step_times_s": times,
-        "median_step_ms": 1000 * statistics.median(times),
-        "images_per_s": batch / statistics.median(times),
-        "step_cpu_s": cpu,
-        "median_step_cpu_ms": 1000 * statistics.median(cpu),
+        **_step_stats(batch, warmup, repeats, times, cpu),
         "memory": memory,
         "load_before": load_before,
         "load_after": os.getloadavg(),
