@@ -92,6 +92,16 @@ def _shape_error(function, tensor, expected, got):
     return ShapeError(f"ShapeError in {function} ({tensor}): expected {expected}, got {tuple(got)}")
 
 
+def _panel(a, image, title=None, title_kw=None, **imshow_kw):
+    """One small image panel on axes ``a``, without ticks; returns imshow's image (for a colorbar)."""
+    im = a.imshow(image, **imshow_kw)
+    a.set_xticks([])
+    a.set_yticks([])
+    if title is not None:
+        a.set_title(title, **{"fontsize": 8, **(title_kw or {})})
+    return im
+
+
 def _grid_axes(n, ncols, ax, function, panel_size=1.2, extra_height=0.0):
     """A figure with ≥ n axes laid out ncols wide, or the caller's axes. Returns (fig, axes[:n])."""
     if ax is None:
@@ -274,11 +284,8 @@ def show_images(images, titles=None, ncols=8, cmap="gray", ax=None, vmin=None, v
         raise ValueError(f"show_images: {len(titles)} titles for {n} images")
     fig, axes = _grid_axes(n, ncols, ax, "show_images", panel_size=1.3, extra_height=0.2 if titles else 0)
     for k, a in enumerate(axes):
-        a.imshow(x[k], cmap=cmap, vmin=vmin, vmax=vmax)
-        a.set_xticks([])
-        a.set_yticks([])
-        if titles is not None:
-            a.set_title(str(titles[k]), fontsize=8, **({"color": title_colors[k]} if title_colors else {}))
+        _panel(a, x[k], None if titles is None else str(titles[k]), cmap=cmap, vmin=vmin, vmax=vmax,
+               title_kw={"color": title_colors[k]} if title_colors else None)
     return fig
 
 
@@ -304,10 +311,7 @@ def show_feature_maps(maps, n=16, ncols=8, cmap="viridis", title=None, channels=
                            extra_height=0.5 if title else 0.2)
     vmin, vmax = (float(x[..., channels].min()), float(x[..., channels].max())) if shared_scale else (None, None)
     for a, ch in zip(axes, channels):
-        im = a.imshow(x[..., ch], cmap=cmap, vmin=vmin, vmax=vmax)
-        a.set_xticks([])
-        a.set_yticks([])
-        a.set_title(f"ch {ch}", fontsize=8)
+        im = _panel(a, x[..., ch], f"ch {ch}", cmap=cmap, vmin=vmin, vmax=vmax)
     if shared_scale:
         fig.colorbar(im, ax=axes, shrink=0.8)
     if title:
@@ -340,10 +344,7 @@ def capsule_grid(lengths, grid=(6, 6, 32), ncols=8, title=None, vmax=None, cmap=
     fig, axes = _grid_axes(types, ncols, None, "capsule_grid", panel_size=1.15, extra_height=0.5)
     vmax = float(x.max()) if vmax is None else float(vmax)
     for t, a in enumerate(axes):
-        im = a.imshow(cube[:, :, t], cmap=cmap, vmin=0.0, vmax=vmax)
-        a.set_xticks([])
-        a.set_yticks([])
-        a.set_title(f"type {t}", fontsize=7)
+        im = _panel(a, cube[:, :, t], f"type {t}", cmap=cmap, vmin=0.0, vmax=vmax, title_kw={"fontsize": 7})
     fig.colorbar(im, ax=axes, shrink=0.8, label="capsule length")
     fig.suptitle(title or f"{n_caps} capsule lengths: {types} types × {rows}×{cols} positions", fontsize=10)
     return fig
@@ -409,10 +410,7 @@ def plot_couplings(c, title=None, class_names=None, grid=None, reduce="mean", vm
     fig, axes = _grid_axes(n_out, min(n_out, 10), ax, "plot_couplings", panel_size=1.3, extra_height=0.6)
     vmax_ = float(per_pos.max()) if vmax is None else float(vmax)
     for j, a in enumerate(axes):
-        im = a.imshow(per_pos[:, :, j], cmap=cmap, vmin=0.0, vmax=vmax_)
-        a.set_xticks([])
-        a.set_yticks([])
-        a.set_title(f"→ {names[j]}", fontsize=8)
+        im = _panel(a, per_pos[:, :, j], f"→ {names[j]}", cmap=cmap, vmin=0.0, vmax=vmax_)
     fig.colorbar(im, ax=axes, shrink=0.8, label=f"{reduce} of c over {types} types")
     fig.suptitle(title or f"couplings c {(n_in, n_out)}: {reduce} over types, one {rows}×{cols} panel per output",
                  fontsize=10)
