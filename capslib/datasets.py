@@ -377,7 +377,7 @@ class MultiDigitCapsNet(CapsNet):
                                                  f"got {tuple(digits.shape)}")
         lengths, _ = y_pred
         v = self._step.capsules
-        loss = margin_loss(keras.ops.sum(labels, axis=1), lengths)
+        loss = margin_loss(keras.ops.sum(labels, axis=1), lengths) * self.margin_scale
         for k in range(2):
             recon = self.decode(v, labels[:, k])                    # only digit k's capsule kept
             loss = loss + reconstruction_loss(digits[:, k], recon, self.reconstruction_weight)

@@ -17,7 +17,37 @@ from keras import ops
 from .ops import capsule_length, dynamic_routing, squash
 from .shapes import ShapeError, check_dims, check_float, check_shape, static_shape
 
-__all__ = ["PrimaryCaps", "DigitCaps", "Length", "Mask", "Decoder"]
+__all__ = ["PrimaryCaps", "DigitCaps", "Length", "Mask", "Decoder", "layer_initializers", "INITS"]
+
+INITS = ("official", "keras")
+
+
+def layer_initializers(init="official"):
+    """Kernel and bias initialisers of every CapsNet layer, by name.
+
+    ``"official"`` (capslib's default) is what the paper's official code draws
+    (research/capsules in tensorflow/models): truncated normal kernels
+    (``variables.weight_variable``, default stddev 0.1; conv1 asks for 5e-2) and every bias a
+    constant 0.1 (``variables.bias_variable``; the decoder's ``fully_connected`` layers the same)::
+
+        conv1      kernel TN(0.05)   bias 0.1        capsule_model.py, inference()
+        primary    kernel TN(0.1)    bias 0.1        layers.py, conv_slim_capsule()
+        W_ij       TN(0.1)           bias 0.1        layers.py, capsule(): (10, 16) bias
+        decoder    kernels TN(0.1)   biases 0.1      layers.py, reconstruction()
+
+    ``"keras"`` is Keras' defaults (glorot-uniform kernels, zero biases) with W ~ TN(0.01):
+    what capslib used before it matched the official code, kept so the two can be compared
+    (bench/init_comparison.py). Returns a dict of ``(kernel, bias)`` pairs keyed by layer.
+    """
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    tn, const = keras.initializers.TruncatedNormal, keras.initializers.Constant
+    if init == "official":
+        return {"conv1": (tn(stddev=0.05), const(0.1)), "primary": (tn(stddev=0.1), const(0.1)),
+                "digit": (tn(stddev=0.1), const(0.1)), "decoder": (tn(stddev=0.1), const(0.1))}
+    return {"conv1": ("glorot_uniform", "zeros"), "primary": ("glorot_uniform", "zeros"),
+            "digit": (tn(stddev=0.01), const(0.1)), "decoder": ("glorot_uniform", "zeros")}
+
 
 _FEATURES = ("batch", "height", "width", "channels")     # conv1's output, PrimaryCaps' input
 
@@ -30,14 +60,24 @@ class PrimaryCaps(keras.layers.Layer):
 
     The 256 conv channels are read as 32 capsule *types* × 8 *dims*: channel ``t·8 + d`` is dim d
     of type t (the paper's "32 channels of convolutional 8D capsules"). Capsule i runs over
-    (row, col, type): ``i = (row·6 + col)·32 + t``.
+    (row, col, type): ``i = (row·6 + col)·32 + t`` (position-major; the official code's order is
+    type-major, ``i = t·36 + row·6 + col``: the same capsules, numbered differently).
+
+    Initialisers default to the official code's: kernel TN(0.1), bias 0.1
+    (:func:`layer_initializers`).
     """
 
-    def __init__(self, num_types=32, dim=8, kernel_size=9, strides=2, **kwargs):
+    def __init__(self, num_types=32, dim=8, kernel_size=9, strides=2, kernel_initializer=None,
+                 bias_initializer=None, **kwargs):
         super().__init__(**kwargs)
         self.num_types, self.dim = num_types, dim
         self.kernel_size, self.strides = kernel_size, strides
-        self.conv = keras.layers.Conv2D(num_types * dim, kernel_size, strides=strides, name="conv")
+        kernel, bias = layer_initializers()["primary"]
+        self.kernel_initializer = keras.initializers.get(kernel_initializer or kernel)
+        self.bias_initializer = keras.initializers.get(bias_initializer or bias)
+        self.conv = keras.layers.Conv2D(num_types * dim, kernel_size, strides=strides, name="conv",
+                                        kernel_initializer=self.kernel_initializer,
+                                        bias_initializer=self.bias_initializer)
 
     def build(self, input_shape):
         check_dims(input_shape, _FEATURES, self.name, "conv1 features")
@@ -62,7 +102,9 @@ class PrimaryCaps(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "num_types": self.num_types, "dim": self.dim,
-                "kernel_size": self.kernel_size, "strides": self.strides}
+                "kernel_size": self.kernel_size, "strides": self.strides,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer)}
 
 
 @keras.saving.register_keras_serializable(package="capslib")
@@ -76,18 +118,20 @@ class DigitCaps(keras.layers.Layer):
     predictions û_{j|i} = W_ij u_i are one einsum, laid out ``(batch, 10, 1152, 16)`` — j before i,
     as in the subscript — so routing's sums are batched matmuls. W is never tiled to the batch.
 
-    use_bias: add a learned (10, 16) bias to s_j, as the paper's official code does (+160
-    parameters). Off by default: the paper's equations have none.
+    use_bias: add a learned (10, 16) bias to every s_j, as the paper's official code does (+160
+        parameters; on by default, as there). ``use_bias=False`` is the paper's equations exactly.
+    Initialisers default to the official code's: W ~ TN(0.1), bias 0.1
+    (:func:`layer_initializers`).
     """
 
-    def __init__(self, num_caps=10, dim=16, routing_iterations=3, use_bias=False,
-                 kernel_initializer=None, **kwargs):
+    def __init__(self, num_caps=10, dim=16, routing_iterations=3, use_bias=True,
+                 kernel_initializer=None, bias_initializer=None, **kwargs):
         super().__init__(**kwargs)
         self.num_caps, self.dim = num_caps, dim
         self.routing_iterations, self.use_bias = routing_iterations, use_bias
-        # The official code draws W from a truncated normal with stddev 0.01.
-        self.kernel_initializer = keras.initializers.get(
-            kernel_initializer or keras.initializers.TruncatedNormal(stddev=0.01))
+        kernel, bias = layer_initializers()["digit"]
+        self.kernel_initializer = keras.initializers.get(kernel_initializer or kernel)
+        self.bias_initializer = keras.initializers.get(bias_initializer or bias)
 
     def build(self, input_shape):
         check_dims(input_shape, ("batch", "in_caps", "in_dim"), self.name, "u")
@@ -96,9 +140,8 @@ class DigitCaps(keras.layers.Layer):
             raise ShapeError(f"ShapeError in {self.name} (u): in_caps and in_dim must be known, got {input_shape}")
         self.W = self.add_weight(name="W", shape=(self.in_caps, self.num_caps, self.dim, self.in_dim),
                                  initializer=self.kernel_initializer)
-        # Bias starts at 0.1, as in the official code.
         self.bias = (self.add_weight(name="bias", shape=(self.num_caps, self.dim),
-                                     initializer=keras.initializers.Constant(0.1))
+                                     initializer=self.bias_initializer)
                      if self.use_bias else None)
 
     def compute_output_shape(self, input_shape):
@@ -123,7 +166,8 @@ class DigitCaps(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "num_caps": self.num_caps, "dim": self.dim,
                 "routing_iterations": self.routing_iterations, "use_bias": self.use_bias,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer)}
 
 
 @keras.saving.register_keras_serializable(package="capslib")
@@ -175,16 +219,22 @@ class Decoder(keras.layers.Layer):
     """Reconstruct the image from the masked capsules: ``(batch, 160)`` → ``(batch, 28, 28, 1)``.
 
     Three dense layers, 512 ReLU → 1024 ReLU → H·W·C sigmoid, reshaped to the image.
+    Initialisers default to the official code's: kernels TN(0.1), biases 0.1.
     """
 
-    def __init__(self, image_shape=(28, 28, 1), hidden=(512, 1024), **kwargs):
+    def __init__(self, image_shape=(28, 28, 1), hidden=(512, 1024), kernel_initializer=None,
+                 bias_initializer=None, **kwargs):
         super().__init__(**kwargs)
         self.image_shape, self.hidden = tuple(image_shape), tuple(hidden)
+        kernel, bias = layer_initializers()["decoder"]
+        self.kernel_initializer = keras.initializers.get(kernel_initializer or kernel)
+        self.bias_initializer = keras.initializers.get(bias_initializer or bias)
         n_pixels = 1
         for d in self.image_shape:
             n_pixels *= d
-        self.dense = [keras.layers.Dense(h, activation="relu", name=f"dense_{h}") for h in self.hidden]
-        self.dense.append(keras.layers.Dense(n_pixels, activation="sigmoid", name="pixels"))
+        init = dict(kernel_initializer=self.kernel_initializer, bias_initializer=self.bias_initializer)
+        self.dense = [keras.layers.Dense(h, activation="relu", name=f"dense_{h}", **init) for h in self.hidden]
+        self.dense.append(keras.layers.Dense(n_pixels, activation="sigmoid", name="pixels", **init))
 
     def build(self, input_shape):
         shape = input_shape
@@ -204,4 +254,6 @@ class Decoder(keras.layers.Layer):
         return images
 
     def get_config(self):
-        return {**super().get_config(), "image_shape": self.image_shape, "hidden": self.hidden}
+        return {**super().get_config(), "image_shape": self.image_shape, "hidden": self.hidden,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer)}

@@ -7,7 +7,13 @@ from keras import ops
 
 from .shapes import ShapeError, check_shape, static_shape
 
-__all__ = ["margin_loss", "reconstruction_loss"]
+__all__ = ["margin_loss", "reconstruction_loss", "LOSS_BALANCES"]
+
+# How the margin loss is weighed against 0.0005 × the reconstruction sum, by name → the factor on
+# margin_loss for n classes. "paper": Eq. 4 summed over the classes (the paper's text). "official":
+# the official code's layers._margin_loss returns 0.5·present + 0.5·0.5·absent per class and
+# layers.evaluate takes reduce_mean over batch *and* classes: Eq. 4's sum divided by 2·n.
+LOSS_BALANCES = {"paper": lambda n: 1.0, "official": lambda n: 1.0 / (2 * n)}
 
 
 # Registered so a compiled model saved to .keras reloads with its loss (checkpoints, --resume).

@@ -5,8 +5,8 @@
     model.fit(x, y_onehot)                        # x (batch, 28, 28, 1) floats, y (batch, 10)
     lengths, reconstructions = model.predict(x)   # (batch, 10), (batch, 28, 28, 1)
 
-Parameters with the paper's layers: 8,215,568 (``use_bias=True``, the official code's (10, 16)
-bias in DigitCaps, adds 160: 8,215,728).
+Parameters: 8,215,728 by default, which includes the official code's (10, 16) DigitCaps bias;
+8,215,568 with ``use_bias=False`` (the paper's equations exactly).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from .layers import Decoder, DigitCaps, Length, Mask, PrimaryCaps
-from .losses import reconstruction_loss
+from .layers import Decoder, DigitCaps, Length, Mask, PrimaryCaps, layer_initializers
+from .losses import LOSS_BALANCES, reconstruction_loss
 from .shapes import ShapeError, check_float, check_shape, format_shape, static_shape
 
 __all__ = ["CapsNet"]
@@ -37,25 +37,45 @@ class CapsNet(keras.Model):
     adds the reconstruction loss (weight 0.0005) with the decoder fed the capsule of the *true*
     class, as the paper trains it; metrics (e.g. ``"categorical_accuracy"``) see the lengths.
     Labels for ``fit``/``evaluate`` are one-hot ``(batch, 10)``.
+
+    init: ``"official"`` (default) draws every layer as the paper's official code does;
+        ``"keras"`` uses Keras' defaults and W ~ TN(0.01) (see :func:`capslib.layers.layer_initializers`).
+    use_bias: the official code's (10, 16) bias on s_j (default True); False is the paper's Eq. 2.
+    loss_balance: ``"paper"`` (default) is Eq. 4 summed over the classes + 0.0005 × the per-image
+        sum of squared errors. ``"official"`` divides the margin term by 2 × classes (= 20), which
+        is what the official code's loss comes to (:data:`capslib.losses.LOSS_BALANCES`), so the
+        reconstruction weighs 20× more relative to the margin loss.
     """
 
     def __init__(self, input_shape=(28, 28, 1), num_classes=10, routing_iterations=3,
-                 use_bias=False, conv_filters=256, primary_types=32, primary_dim=8,
-                 digit_dim=16, decoder_hidden=(512, 1024), reconstruction_weight=0.0005, **kwargs):
+                 use_bias=True, conv_filters=256, primary_types=32, primary_dim=8,
+                 digit_dim=16, decoder_hidden=(512, 1024), reconstruction_weight=0.0005,
+                 init="official", loss_balance="paper", **kwargs):
         super().__init__(**kwargs)
+        if loss_balance not in LOSS_BALANCES:
+            raise ValueError(f"CapsNet: loss_balance must be one of {tuple(LOSS_BALANCES)}, got {loss_balance!r}")
+        inits = layer_initializers(init)                   # refuses an unknown name
         self.image_shape = tuple(input_shape)
         self.num_classes, self.routing_iterations, self.use_bias = num_classes, routing_iterations, use_bias
         self.conv_filters, self.primary_types, self.primary_dim = conv_filters, primary_types, primary_dim
         self.digit_dim, self.decoder_hidden = digit_dim, tuple(decoder_hidden)
-        self.reconstruction_weight = reconstruction_weight
+        self.reconstruction_weight, self.init, self.loss_balance = reconstruction_weight, init, loss_balance
         self._step = threading.local()
 
-        self.conv1 = keras.layers.Conv2D(conv_filters, 9, activation="relu", name="conv1")
-        self.primary_caps = PrimaryCaps(primary_types, primary_dim, name="primary_caps")
-        self.digit_caps = DigitCaps(num_classes, digit_dim, routing_iterations, use_bias, name="digit_caps")
+        kernel, bias = inits["conv1"]
+        self.conv1 = keras.layers.Conv2D(conv_filters, 9, activation="relu", name="conv1",
+                                         kernel_initializer=kernel, bias_initializer=bias)
+        kernel, bias = inits["primary"]
+        self.primary_caps = PrimaryCaps(primary_types, primary_dim, kernel_initializer=kernel,
+                                        bias_initializer=bias, name="primary_caps")
+        kernel, bias = inits["digit"]
+        self.digit_caps = DigitCaps(num_classes, digit_dim, routing_iterations, use_bias, kernel_initializer=kernel,
+                                    bias_initializer=bias, name="digit_caps")
         self.length = Length(name="length")
         self.mask = Mask(name="mask")
-        self.decoder = Decoder(self.image_shape, self.decoder_hidden, name="decoder")
+        kernel, bias = inits["decoder"]
+        self.decoder = Decoder(self.image_shape, self.decoder_hidden, kernel_initializer=kernel,
+                               bias_initializer=bias, name="decoder")
         self.build((None,) + self.image_shape)
 
     def build(self, input_shape):
@@ -134,15 +154,23 @@ class CapsNet(keras.Model):
 
     # -- training: what fit() and evaluate() call ------------------------------------------------
 
+    @property
+    def margin_scale(self):
+        """What the margin loss is multiplied by: 1 (``loss_balance="paper"``) or 1/20 ("official")."""
+        return LOSS_BALANCES[self.loss_balance](self.num_classes)
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Margin loss (the compiled loss, on the lengths) + 0.0005 × reconstruction loss of the
-        decoder fed the true class's capsule. Reads v from the ``call`` that produced ``y_pred``
-        in the same step: call it only as fit/evaluate do, right after the forward pass."""
+        """Margin loss (the compiled loss, on the lengths, × :attr:`margin_scale`) + 0.0005 ×
+        reconstruction loss of the decoder fed the true class's capsule. Reads v from the ``call``
+        that produced ``y_pred`` in the same step: call it only as fit/evaluate do, right after
+        the forward pass."""
         if sample_weight is not None:
             raise ValueError("CapsNet: sample_weight / class_weight are not supported — the margin and "
                              "reconstruction losses are batch means (capslib.losses)")
         lengths, _ = y_pred
         loss = super().compute_loss(x, y, lengths, sample_weight, training)   # the compiled margin loss
+        if self.margin_scale != 1:
+            loss = loss * self.margin_scale
         recon = self.decode(self._step.capsules, y)                           # decoder fed the true class
         total = loss + reconstruction_loss(x, recon, self.reconstruction_weight)
         # Both terms are batch means already, so Keras does not divide them by the number of
@@ -158,4 +186,5 @@ class CapsNet(keras.Model):
                 "routing_iterations": self.routing_iterations, "use_bias": self.use_bias,
                 "conv_filters": self.conv_filters, "primary_types": self.primary_types,
                 "primary_dim": self.primary_dim, "digit_dim": self.digit_dim,
-                "decoder_hidden": self.decoder_hidden, "reconstruction_weight": self.reconstruction_weight}
+                "decoder_hidden": self.decoder_hidden, "reconstruction_weight": self.reconstruction_weight,
+                "init": self.init, "loss_balance": self.loss_balance}

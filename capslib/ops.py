@@ -75,7 +75,8 @@ def capsule_length(v, axis=-1):
     """Euclidean length of each capsule: ``(batch, 10, 16)`` → ``(batch, 10)``, in float32.
 
     A tiny epsilon inside the sqrt keeps the gradient finite when a capsule is exactly zero. It
-    must be far below |v|² of an untrained network (about 1e-12 with W ~ N(0, 0.01²)): a larger
+    must be far below |v|² of an untrained network (about 1e-12 with W ~ TN(0.01) and no bias, the
+    ``init="keras"`` option): a larger
     one (1e-9 is common) hides those lengths and shrinks their gradient ~15× early in training.
     """
     v = ops.cast(v, "float32")

@@ -39,7 +39,7 @@ from .ops import capsule_length
 from .runmode import device_description, quick
 
 __all__ = ["TrainConfig", "make_optimizer", "build_model", "ShiftedBatches", "train", "load_or_train",
-           "book_config", "book_model", "make_tf_train_step", "main"]
+           "book_config", "book_run_dir", "book_trained_model", "make_tf_train_step", "main"]
 
 # Quick mode: a subset that trains in about two minutes on 2 CPU cores.
 QUICK_TRAIN, QUICK_TEST, QUICK_EPOCHS = 4000, 1000, 1
@@ -59,7 +59,9 @@ class TrainConfig:
     max_shift: int = 2
     train_size: int | None = None     # first N training images (None: all)
     test_size: int | None = None
-    use_bias: bool = False
+    use_bias: bool = True             # the official code's (10, 16) DigitCaps bias
+    init: str = "official"            # "official" or "keras" (capslib.layers.layer_initializers)
+    loss_balance: str = "paper"       # "paper" or "official" (capslib.losses.LOSS_BALANCES)
     seed: int = 0
     tensorboard: bool = True
     mixed_precision: str = "off"      # "off", "float16" or "bfloat16"
@@ -193,7 +195,8 @@ def train(cfg: TrainConfig, out: str, resume: bool = False, verbose: int = 1):
 def build_model(cfg: TrainConfig, input_shape=(28, 28, 1)) -> CapsNet:
     """A CapsNet compiled as every run compiles it: Adam with the decay, the margin loss (plus
     the reconstruction loss in ``CapsNet.compute_loss``), categorical accuracy, ``cfg``'s XLA."""
-    model = CapsNet(input_shape=input_shape, routing_iterations=cfg.routing_iterations, use_bias=cfg.use_bias)
+    model = CapsNet(input_shape=input_shape, routing_iterations=cfg.routing_iterations, use_bias=cfg.use_bias,
+                    init=cfg.init, loss_balance=cfg.loss_balance)
     model.compile(optimizer=make_optimizer(cfg), loss=margin_loss, metrics=["categorical_accuracy"],
                   jit_compile={"auto": "auto", "on": True, "off": False}[cfg.jit_compile])
     return model
@@ -300,24 +303,30 @@ def book_config() -> TrainConfig:
     return TrainConfig(epochs=10, batch_size=128, tensorboard=False)
 
 
-def book_model(verbose=0):
-    """``(model, record)`` for the chapters: trained once per build (or per Colab session) with
-    :func:`book_config`, then reused. Stored in ``$CAPSBOOK_MODELS``, else ``_build/models``
+def book_run_dir() -> str:
+    """Where the book keeps the models it trains: ``$CAPSBOOK_MODELS``, else ``_build/models``
     beside ``_toc.yml`` when run inside the book, else ``./capsbook-models``."""
     root = os.environ.get("CAPSBOOK_MODELS")
     if not root:
         here = os.getcwd()
         book_root = next((d for d in (here, os.path.dirname(here)) if os.path.exists(os.path.join(d, "_toc.yml"))), None)
         root = os.path.join(book_root, "_build", "models") if book_root else os.path.join(here, "capsbook-models")
-    return load_or_train(book_config(), os.path.join(root, "quick" if quick() else "full"), verbose=verbose)
+    return root
+
+
+def book_trained_model(verbose=0):
+    """``(model, history)`` trained by this build with :func:`book_config` (once per build or
+    Colab session, then reused): the live demonstrations of the training chapter. The chapters
+    that look at a trained model use :func:`capslib.pretrained.book_model` instead."""
+    return load_or_train(book_config(), os.path.join(book_run_dir(), "quick" if quick() else "full"), verbose=verbose)
 
 
 def make_tf_train_step(model, optimizer, reconstruction_weight=0.0005):
     """The training step as an explicit ``tf.GradientTape`` loop (TensorFlow backend only).
 
     Returns ``step(images, labels_onehot) -> dict(loss, margin, reconstruction, accuracy)``,
-    compiled once with ``tf.function``. Same maths as ``fit``: margin loss on the lengths, plus
-    the reconstruction loss of the decoder fed the true class's capsule.
+    compiled once with ``tf.function``. Same maths as ``fit``: margin loss on the lengths (× the
+    model's ``margin_scale``), plus the reconstruction loss of the decoder fed the true class's capsule.
     """
     if keras.backend.backend() != "tensorflow":
         raise RuntimeError(f"make_tf_train_step needs the TensorFlow backend, not {keras.backend.backend()!r}; "
@@ -330,7 +339,7 @@ def make_tf_train_step(model, optimizer, reconstruction_weight=0.0005):
             v = model.encode(images)                              # (batch, 10, 16)
             lengths = capsule_length(v)                           # (batch, 10)
             recon = model.decode(v, labels)                       # (batch, 28, 28, 1), true class
-            margin = margin_loss(labels, lengths)
+            margin = margin_loss(labels, lengths) * model.margin_scale   # 1, or 1/20 ("official")
             rec = reconstruction_loss(images, recon, reconstruction_weight)
             loss = margin + rec
             scaled = optimizer.scale_loss(loss)                   # loss scaling under float16; else loss
@@ -375,7 +384,14 @@ def parse_args(argv=None):
     p.add_argument("--max-shift", type=int, default=d.max_shift, help="random shift augmentation in pixels (0: off)")
     p.add_argument("--train-size", type=int, default=None, help="use only the first N training images")
     p.add_argument("--test-size", type=int, default=None, help="use only the first N test images")
-    p.add_argument("--use-bias", action="store_true", help="add the official code's (10, 16) bias to DigitCaps")
+    p.add_argument("--no-bias", action="store_true",
+                   help="leave out the official code's (10, 16) DigitCaps bias (the paper's Eq. 2 exactly)")
+    p.add_argument("--init", choices=["official", "keras"], default=d.init,
+                   help="official: every layer drawn as the paper's official code does; keras: Keras' "
+                        "defaults with W ~ TN(0.01) (capslib.layers.layer_initializers)")
+    p.add_argument("--loss-balance", choices=["paper", "official"], default=d.loss_balance,
+                   help="paper: Eq. 4 summed over classes + 0.0005 x reconstruction; official: the margin "
+                        "term divided by 20, as the official code's mean over batch and classes")
     p.add_argument("--seed", type=int, default=d.seed, help="seeds weights, data order and shifts")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: {QUICK_TRAIN} train / {QUICK_TEST} test images, {QUICK_EPOCHS} epoch "
@@ -400,7 +416,8 @@ def config_from_args(args) -> TrainConfig:
     cfg = TrainConfig(dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
                       routing_iterations=args.routing_iterations, learning_rate=args.learning_rate,
                       decay_steps=args.decay_steps, decay_rate=args.decay_rate, max_shift=args.max_shift,
-                      train_size=args.train_size, test_size=args.test_size, use_bias=args.use_bias,
+                      train_size=args.train_size, test_size=args.test_size, use_bias=not args.no_bias,
+                      init=args.init, loss_balance=args.loss_balance,
                       seed=args.seed, tensorboard=not args.no_tensorboard,
                       mixed_precision=args.mixed_precision, jit_compile=args.jit_compile,
                       multi_gpu=args.multi_gpu)

@@ -313,7 +313,7 @@ def test_routing_backward_on_torch_frees_u_hat_and_refuses_second_order(run, req
 def test_capsnet_forward_shapes(run):
     _, _, facts = run
     _no_error(facts, "model")
-    assert facts["params"] == 8_215_568
+    assert facts["params"] == 8_215_728
     assert facts["shapes"] == {
         "conv1": [2, 20, 20, 256], "primary_conv": [2, 6, 6, 256], "primary_caps": [2, 1152, 8],
         "u_hat": [2, 10, 1152, 16], "c": [2, 1152, 10], "v": [2, 10, 16], "lengths": [2, 10],

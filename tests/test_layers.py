@@ -23,21 +23,65 @@ def squashed(rng, shape, scale=1.0):
 
 
 def test_parameter_count_default(model):
-    assert model.count_params() == 8_215_568
-    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 8_215_568
+    # The default has the official code's (10, 16) DigitCaps bias.
+    assert model.count_params() == 8_215_728
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 8_215_728
     assert model.conv1.count_params() == 20_992
     assert model.primary_caps.count_params() == 5_308_672
-    assert model.digit_caps.count_params() == 1_474_560
+    assert model.digit_caps.count_params() == 1_474_560 + 160
+    assert tuple(model.digit_caps.bias.shape) == (10, 16)
     assert model.decoder.count_params() == 1_411_344
     assert model.length.weights == [] and model.mask.weights == []
 
 
-def test_parameter_count_with_bias():
-    m = capslib.CapsNet(use_bias=True)
-    assert m.count_params() == 8_215_728
-    assert m.digit_caps.count_params() == 1_474_560 + 160
-    assert tuple(m.digit_caps.bias.shape) == (10, 16)
-    np.testing.assert_allclose(to_np(m.digit_caps.bias), 0.1)
+def test_parameter_count_without_bias():
+    m = capslib.CapsNet(use_bias=False)                # the paper's Eq. 2 exactly
+    assert m.count_params() == 8_215_568
+    assert m.digit_caps.count_params() == 1_474_560 and m.digit_caps.bias is None
+
+
+def _truncated_normal_std(stddev):
+    # The std of N(0, σ²) cut at ±2σ (what TruncatedNormal draws, in TF1 and Keras 3 alike).
+    from math import erf, exp, pi, sqrt
+    z = 2.0
+    phi, Phi = exp(-z * z / 2) / sqrt(2 * pi), 0.5 * (1 + erf(z / sqrt(2)))
+    return stddev * sqrt(1 - 2 * z * phi / (2 * Phi - 1))
+
+
+def test_default_initialisation_is_the_official_codes():
+    # research/capsules: conv1 kernel TN(5e-2); weight_variable's default TN(0.1) for the primary
+    # conv, W and (via stddev=0.1) the decoder; every bias a constant 0.1.
+    keras.utils.set_random_seed(0)
+    m = capslib.CapsNet()
+    kernels = {"conv1": (m.conv1.kernel, 0.05), "primary": (m.primary_caps.conv.kernel, 0.1),
+               "W": (m.digit_caps.W, 0.1)}
+    kernels.update({f"decoder {d.name}": (d.kernel, 0.1) for d in m.decoder.dense})
+    for name, (kernel, stddev) in kernels.items():
+        w = to_np(kernel)
+        assert np.abs(w).max() <= 2 * stddev + 1e-7, name                        # truncated at 2σ
+        assert abs(w.std() / _truncated_normal_std(stddev) - 1) < 0.05, (name, w.std())
+        assert abs(w.mean()) < 0.05 * stddev, name
+    biases = [m.conv1.bias, m.primary_caps.conv.bias, m.digit_caps.bias] + [d.bias for d in m.decoder.dense]
+    for b in biases:
+        np.testing.assert_array_equal(to_np(b), np.float32(0.1))
+
+
+def test_keras_initialisation_is_capslibs_former_default():
+    keras.utils.set_random_seed(0)
+    m = capslib.CapsNet(init="keras", use_bias=False)
+    w = to_np(m.digit_caps.W)
+    assert abs(w.std() / _truncated_normal_std(0.01) - 1) < 0.05
+    for b in (m.conv1.bias, m.primary_caps.conv.bias, m.decoder.dense[0].bias):
+        assert not to_np(b).any()
+    fan = 9 * 9 * 256 + 9 * 9 * 256                                             # glorot-uniform limit
+    assert np.abs(to_np(m.primary_caps.conv.kernel)).max() <= np.sqrt(6 / fan) + 1e-7
+
+
+def test_unknown_init_and_loss_balance_are_refused():
+    with pytest.raises(ValueError, match="init must be one of .*'official', 'keras'.*got 'glorot'"):
+        capslib.CapsNet(init="glorot")
+    with pytest.raises(ValueError, match="loss_balance must be one of .*'paper', 'official'.*got 'sabour'"):
+        capslib.CapsNet(loss_balance="sabour")
 
 
 # --------------------------------------------------------------------------- DigitCaps
@@ -54,8 +98,8 @@ def digit_caps():
 
 def test_digit_caps_weight_is_one_untiled_variable(model):
     layer = model.digit_caps
-    assert len(layer.weights) == 1
-    assert layer.weights[0] is layer.W
+    assert len(layer.weights) == 2                               # W and the (10, 16) bias
+    assert layer.weights[0] is layer.W and layer.weights[1] is layer.bias
     assert tuple(layer.W.shape) == (1152, 10, 16, 8)
     assert layer.W.path.endswith("W")
 
@@ -104,7 +148,7 @@ def test_digit_caps_routing_iterations_used(rng):
     W = rng.normal(0, 0.3, (1152, 10, 16, 8)).astype("float32")
     out = {}
     for r in (1, 3):
-        layer = DigitCaps(routing_iterations=r)
+        layer = DigitCaps(routing_iterations=r, use_bias=False)     # the paper's equations
         layer.build((None, 1152, 8))
         layer.W.assign(W)
         out[r] = to_np(layer(u))
@@ -138,12 +182,12 @@ def test_digit_caps_routing_resets_every_call(digit_caps, rng):
     np.testing.assert_array_equal(to_np(first), to_np(second))
     np.testing.assert_array_equal(to_np(c1), to_np(c2))
     # no routing state is kept as a variable
-    assert [w.path.split("/")[-1] for w in digit_caps.weights] == ["W"]
+    assert [w.path.split("/")[-1] for w in digit_caps.weights] == ["W", "bias"]
     assert digit_caps.non_trainable_weights == []
 
 
 def test_digit_caps_builds_for_other_input_sizes(rng):
-    layer = DigitCaps(num_caps=4, dim=6, routing_iterations=2)
+    layer = DigitCaps(num_caps=4, dim=6, routing_iterations=2, use_bias=False)
     u = squashed(rng, (2, 20, 3))
     v = layer(u)
     assert tuple(v.shape) == (2, 4, 6)
@@ -326,7 +370,7 @@ def test_capsnet_save_and_load(model, rng, tmp_path):
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded, capslib.CapsNet)
     assert loaded.get_config() == model.get_config()
-    assert loaded.count_params() == 8_215_568
+    assert loaded.count_params() == 8_215_728
     x = rng.uniform(0, 1, (3, 28, 28, 1)).astype("float32")
     for a, b in zip(loaded(x), model(x)):
         np.testing.assert_array_equal(to_np(a), to_np(b))
@@ -338,12 +382,13 @@ def test_capsnet_save_and_load(model, rng, tmp_path):
 @pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer")   # never-fitted Adam
 def test_compiled_capsnet_save_and_load(rng, tmp_path):
     """A model compiled with capslib.margin_loss reloads with its loss (margin_loss registered)."""
-    m = capslib.CapsNet(use_bias=True)
+    m = capslib.CapsNet(use_bias=False, init="keras", loss_balance="official")
     m.compile(optimizer=keras.optimizers.Adam(1e-3), loss=capslib.margin_loss, metrics=["categorical_accuracy"])
     path = tmp_path / "compiled.keras"
     m.save(path)
     loaded = keras.saving.load_model(path)
-    assert loaded.count_params() == 8_215_728
+    assert loaded.count_params() == 8_215_568
+    assert (loaded.init, loaded.loss_balance, loaded.margin_scale) == ("keras", "official", 1 / 20)
     assert loaded.loss is capslib.margin_loss
     x = rng.uniform(0, 1, (2, 28, 28, 1)).astype("float32")
     for a, b in zip(loaded(x), m(x)):

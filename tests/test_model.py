@@ -43,6 +43,31 @@ def test_predict_returns_lengths_and_reconstructions(model, rng):
     np.testing.assert_allclose(lengths, np.linalg.norm(to_np(v), axis=-1), rtol=1e-4, atol=4e-5)
 
 
+def _official_margin_loss_by_hand(labels, lengths):
+    # The official code's layers._margin_loss (margin 0.4 around 0.5, downweight 0.5), then
+    # layers.evaluate's reduce_mean over the batch AND the classes, written out in float64.
+    logits = lengths.astype(np.float64) - 0.5
+    positive = labels * (logits < 0.4) * (logits - 0.4) ** 2
+    negative = (1 - labels) * (logits > -0.4) * (logits + 0.4) ** 2
+    return float(np.mean(0.5 * positive + 0.5 * 0.5 * negative))
+
+
+def test_official_loss_balance_is_the_official_codes_loss(toy_data):
+    x, y = toy_data
+    x, y = x[:12], np.roll(y[:12], 3, axis=1)
+    m = compiled(seed=5, loss_balance="official")
+    result = m.evaluate(x, y, batch_size=len(x), verbose=0, return_dict=True)
+    v = m.encode(x)
+    lengths = to_np(m.length(v)).astype(np.float64)
+    recon = float(to_np(reconstruction_loss(x, m.decode(v, y))))     # 0.0005 × per-image sum, batch mean
+    official = _official_margin_loss_by_hand(y, lengths)
+    assert result["loss"] == pytest.approx(official + recon, rel=1e-5, abs=1e-6)
+    # … which is Eq. 4's per-example sum divided by 2 × classes: the paper's balance would differ.
+    assert official == pytest.approx(float(to_np(margin_loss(y, lengths))) / 20, rel=1e-6)
+    paper = compiled(seed=5).evaluate(x, y, batch_size=len(x), verbose=0, return_dict=True)["loss"]
+    assert paper == pytest.approx(20 * official + recon, rel=1e-5, abs=1e-6)
+
+
 def test_fit_learns_the_toy_set(toy_data):
     x, y = toy_data
     m = compiled(seed=0)
@@ -62,9 +87,9 @@ def test_evaluate_loss_is_margin_plus_reconstruction(toy_data, sensitive):
     # labels that are not the longest capsule for most images, so that decoding the true class
     # and decoding the longest capsule differ
     y = np.roll(y, 3, axis=1)
-    m = compiled(seed=5)
+    m = compiled(seed=5, init="keras", use_bias=False)
     if sensitive:
-        # at initialisation the capsules are ~1e-6 long and every decoding looks the same: make
+        # with W ~ TN(0.01) the capsules are ~1e-6 long and every decoding looks the same: make
         # them long (s is linear in W) and the decoder sensitive to which capsule it is fed
         m.digit_caps.W.assign(m.digit_caps.W * 500.0)
         m.decoder.dense[0].kernel.assign(m.decoder.dense[0].kernel * 50.0)
