@@ -10,7 +10,7 @@ export CAPSLIB_MNIST ?= $(abspath $(OFFLINE_MNIST))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export TF_ENABLE_ONEDNN_OPTS ?= 0
 
-.PHONY: test book env data clean bench
+.PHONY: test book env data clean bench reference-models
 
 env: $(STAMP)
 $(STAMP): pyproject.toml
@@ -40,6 +40,12 @@ book: $(STAMP) $(OFFLINE_MNIST)
 	rm -rf _build/html _build/jupyter_execute _build/models   # every build executes and trains afresh
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 	CAPSBOOK_REQUIRE_HTML=1 $(PY) -m pytest -q tests/test_book_html.py
+
+# Train the reference models the book shows on a CPU (capslib/reference/), then export them with their
+# records. Resumable: run it again after an interruption. Hours on 2 CPU cores (see bench/RESULTS.md).
+reference-models: $(STAMP) $(OFFLINE_MNIST)
+	$(PY) -m capslib.pretrained train all
+	$(PY) -m capslib.pretrained export all
 
 bench: $(STAMP)
 	$(PY) bench/capsule_stage.py

@@ -1,0 +1,52 @@
+"""capslib.runmode: which mode the book runs in, and why, from the environment and the machine."""
+
+import pytest
+
+from capslib import runmode
+
+
+@pytest.fixture
+def env(monkeypatch):
+    monkeypatch.delenv("CAPSBOOK_MODE", raising=False)
+    monkeypatch.delenv("CAPSBOOK_QUICK", raising=False)
+    return monkeypatch
+
+
+def test_explicit_switch_wins_over_everything(env):
+    env.setattr(runmode, "_gpus_cached", lambda: ("NVIDIA H200",))
+    env.setenv("CAPSBOOK_QUICK", "1")
+    env.setenv("CAPSBOOK_MODE", "full")
+    assert (runmode.mode(), runmode.mode_reason()) == ("full", "CAPSBOOK_MODE=full")
+    env.setenv("CAPSBOOK_MODE", "quick")
+    assert runmode.quick() and runmode.mode_reason() == "CAPSBOOK_MODE=quick"
+
+
+@pytest.mark.parametrize("value, expected", [("1", "quick"), ("true", "quick"), ("0", "full"), ("no", "full")])
+def test_capsbook_quick_is_the_older_switch(env, value, expected):
+    env.setenv("CAPSBOOK_QUICK", value)
+    assert runmode.mode() == expected and runmode.mode_reason() == f"CAPSBOOK_QUICK={value}"
+
+
+@pytest.mark.parametrize("gpus, expected", [((), "quick"), (("NVIDIA H200",), "full")])
+def test_auto_follows_the_gpu(env, gpus, expected):
+    env.setattr(runmode, "_gpus_cached", lambda: gpus)
+    env.setenv("CAPSBOOK_MODE", "auto")
+    assert runmode.mode() == expected
+    assert runmode.mode_reason() == ("auto: no GPU found" if not gpus else "auto: GPU found (NVIDIA H200)")
+    assert runmode.device_description().startswith("GPU (NVIDIA H200)" if gpus else "CPU (")
+
+
+@pytest.mark.parametrize("var, value", [("CAPSBOOK_MODE", "fast"), ("CAPSBOOK_QUICK", "maybe")])
+def test_unknown_values_are_refused(env, var, value):
+    env.setenv(var, value)
+    with pytest.raises(ValueError, match=var):
+        runmode.mode()
+
+
+def test_describe_and_model_note_name_mode_data_and_machine(env):
+    env.setenv("CAPSBOOK_QUICK", "1")
+    line = runmode.describe("4,000 digits", 1)
+    assert line.startswith("quick mode (CAPSBOOK_QUICK=1): 4,000 digits; 1 epoch; trained on this page on CPU")
+    history = {"data": "4,000 digits", "epochs": [{"val_categorical_accuracy": 0.9}, {"val_categorical_accuracy": 0.95}]}
+    note = runmode.model_note(history)
+    assert "2 epochs; trained by this build on CPU" in note and note.endswith("held-out accuracy 95.00%")
