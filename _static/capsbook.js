@@ -1,0 +1,51 @@
+// Wide tables and long lines: mark each box that scrolls sideways with what capsbook.css needs.
+//   capsbook-wide      a table that cannot fit the page even with its cells wrapped
+//   capsbook-overflow  content wider than the box (code, an output, a table, a display equation):
+//                      it scrolls; capsbook-scrolled: scrolled away from the left edge;
+//                      capsbook-at-end: scrolled to the right edge
+(function () {
+  "use strict";
+  var BOXES = [".bd-article pre", ".bd-article .cell_output > .output",
+               ".bd-article .pst-scrollable-table-container", ".bd-article div.math > mjx-container"].join(", ");
+
+  function wider(box) {
+    return box.scrollWidth > box.clientWidth + 1;
+  }
+
+  function edges(box) {
+    var over = wider(box);
+    box.classList.toggle("capsbook-overflow", over);
+    box.classList.toggle("capsbook-scrolled", over && box.scrollLeft > 1);
+    box.classList.toggle("capsbook-at-end", over && box.scrollLeft + box.clientWidth >= box.scrollWidth - 1);
+  }
+
+  function update() {
+    var boxes = document.querySelectorAll(BOXES);
+    // Tables first, as the theme lays them out (wrapped to the page), then every box's edges.
+    boxes.forEach(function (box) {
+      if (box.classList.contains("pst-scrollable-table-container")) {
+        box.classList.remove("capsbook-wide");
+        box.classList.toggle("capsbook-wide", wider(box));
+      }
+    });
+    boxes.forEach(edges);
+  }
+
+  var pending = null;
+  function later() {
+    clearTimeout(pending);
+    pending = setTimeout(update, 150);
+  }
+
+  document.addEventListener("scroll", function (event) {   // scroll events do not bubble: capture
+    var box = event.target;
+    if (box instanceof Element && box.matches(BOXES)) edges(box);
+  }, true);
+  window.addEventListener("resize", later);
+  window.addEventListener("load", function () {
+    update();
+    // Typeset maths changes widths; so do web fonts once they arrive.
+    if (window.MathJax && MathJax.startup && MathJax.startup.promise) MathJax.startup.promise.then(update);
+    if (document.fonts && document.fonts.ready) document.fonts.ready.then(update);
+  });
+})();
