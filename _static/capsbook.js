@@ -19,8 +19,14 @@
     box.classList.toggle("capsbook-at-end", over && box.scrollLeft + box.clientWidth >= box.scrollWidth - 1);
   }
 
+  // A box that changes size (a hidden cell or a solution opened, a figure loaded) is measured again.
+  var resized = window.ResizeObserver ? new ResizeObserver(later) : null, watched = new WeakSet();
+
   function update() {
     var boxes = document.querySelectorAll(BOXES);
+    boxes.forEach(function (box) {
+      if (resized && !watched.has(box)) { watched.add(box); resized.observe(box); }
+    });
     // Tables first, as the theme lays them out (wrapped to the page), then every box's edges.
     boxes.forEach(function (box) {
       if (box.classList.contains("pst-scrollable-table-container")) {
