@@ -297,8 +297,10 @@ def test_at_1280px_nothing_is_clipped_and_what_is_wider_scrolls_visibly(browser,
         # scrolled to the right end: marked so, the right edge no longer fades, the left one does
         assert "capsbook-at-end" in box["atEnd"] and "capsbook-scrolled" in box["atEnd"], f"{page}: {box}"
         assert box["fadeRight"] != "0px" and box["fadeRightAtEnd"] == "0px", f"{page}: fade does not follow scrolling: {box}"
-        if "pst-scrollable-table-container" in box["what"]:
-            assert "capsbook-wide" in box["what"] and box["height"] <= 0.85 * HEIGHT + 1, box
+        if "pst-scrollable-table-container" in box["what"]:   # a table: smaller type, a box shorter than the window
+            assert "capsbook-compact" in box["what"] and box["height"] <= 0.85 * HEIGHT + 1, f"{page}: {box}"
+            # squeezed, it may hide at most a fifth of itself; else it is laid out at natural width
+            assert "capsbook-wide" in box["what"] or box["content"] <= 1.25 * box["width"] + 1, f"{page}: {box}"
 
 
 WIDE_CELL = ("Cannot convert a tensor of shape (128,) to one-hot inside the loss: expected (batch, 10), got "
@@ -314,16 +316,19 @@ def _table(table_id, header, row):
             f"{th}</tr></thead><tbody>" + f'<tr class="row-even">{td}</tr>' * 6 + "</tbody></table></div>")
 
 
-def test_a_ten_column_table_scrolls_at_natural_width_and_a_narrower_one_fits(browser):
+def test_a_ten_column_table_scrolls_at_natural_width_and_narrower_ones_fit(browser):
     """Ten columns that cannot fit even wrapped down to their longest words are not squeezed into
     one word a line: natural width, long cells wrapped, a box at most 85% of the window tall (its
-    scrollbar on screen), a fade at the hidden edge. Four columns of prose fit, wrapped."""
+    scrollbar on screen), a fade at the hidden edge. Four columns of prose fit, wrapped; five
+    columns of names: see the ladder below."""
     wide = _table("wide", [f"column number {i} of ten" for i in range(10)],
                   ["3.13.0", "integers (N,)", "port (one-hot inside)", "<code>['Accuracy']</code>",
                    "<code>keras.metrics.Accuracy</code>", "(128,) float32", "(128, 10) → (128, 10, 10)", "0.000",
                    "10.2% after 60 steps", f"<code>{WIDE_CELL}</code>"])
     fits = _table("fits", ["#", "pitfall", "symptom measured here", "fix"], ["1", PROSE_CELL, PROSE_CELL, PROSE_CELL])
-    seen = browser(_chapter_page(CHAPTERS[0]), '<div class="capsbook-probe">' + wide + fits + "</div>")
+    # five columns of one unbreakable name each, the names 10 to 30 letters long
+    ladder = "".join(_table(f"names{n}", list("abcde"), [f"<code>{'x' * n}</code>"] * 5) for n in range(10, 31))
+    seen = browser(_chapter_page(CHAPTERS[0]), '<div class="capsbook-probe">' + wide + fits + ladder + "</div>")
     w, f = seen["tables"]["wide"], seen["tables"]["fits"]
     assert "capsbook-wide" in w["box"] and "capsbook-overflow" in w["box"], w
     assert w["width"] > w["boxWidth"] and w["headerLines"] == 1, f"wide table squeezed or not scrolling: {w}"
@@ -331,4 +336,19 @@ def test_a_ten_column_table_scrolls_at_natural_width_and_a_narrower_one_fits(bro
     box = next(b for b in seen["boxes"] if "capsbook-wide" in b["what"])
     assert box["scrollbar"] >= 8 and box["mask"], box
     assert "capsbook-wide" not in f["box"] and "capsbook-overflow" not in f["box"], f
-    assert f["width"] <= f["boxWidth"], f"the prose table should fit, wrapped: {f}"
+    assert "capsbook-compact" not in f["box"] and f["width"] <= f["boxWidth"], f"the prose table should fit, wrapped: {f}"
+    # As the names grow, the table fits; then fits in smaller type; then, a little too wide even so,
+    # scrolls in smaller type; then, more than 25% too wide, scrolls at natural width.
+    states = ""
+    for n in range(10, 31):
+        t = seen["tables"][f"names{n}"]
+        if "capsbook-wide" in t["box"]:
+            states += "n"
+            assert t["width"] > 1.25 * t["boxWidth"], (n, t)
+        elif "capsbook-overflow" in t["box"]:
+            states += "s"
+            assert "capsbook-compact" in t["box"] and t["boxWidth"] < t["width"] <= 1.25 * t["boxWidth"] + 1, (n, t)
+        else:
+            states += "c" if "capsbook-compact" in t["box"] else "f"
+            assert t["width"] <= t["boxWidth"], (n, t)
+    assert re.fullmatch("f+c+s+n+", states), states
