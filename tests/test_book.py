@@ -113,3 +113,20 @@ def test_binder_environment_installs_the_book():
     pip = next(d["pip"] for d in deps if isinstance(d, dict))
     for needed in ("tensorflow", "keras", "jupyter-book<2", "matplotlib", "-e ."):
         assert any(needed in p for p in pip), needed
+
+
+def test_mathjax_is_served_from_the_copy_make_book_unpacks():
+    """No CDN: `make book` unpacks the npm package mathjax into the folder html_extra_path copies
+    into the site, and mathjax_path points at it (tests/test_book_html.py checks the built site)."""
+    cfg = _config()["sphinx"]["config"]
+    path = cfg["mathjax_path"]
+    assert not re.match(r"(https?:)?//", path), f"mathjax_path {path!r}: readers offline would see raw TeX"
+    with open(os.path.join(ROOT, "Makefile")) as f:
+        make = f.read()
+    version = re.search(r"^MATHJAX_VERSION\s*:=\s*(\d+)\.\d+\.\d+$", make, re.M)
+    assert version and version.group(1) == "3", "Sphinx 7 and MyST configure MathJax 3 (mathjax3_config)"
+    unpacked = re.search(r"^MATHJAX_DIR\s*:=\s*(\S+)$", make, re.M).group(1)
+    served = [os.path.join(extra, "_static", os.path.dirname(path)) for extra in cfg["html_extra_path"]]
+    assert unpacked in served, f"make unpacks MathJax into {unpacked}; the site gets {served}"
+    assert os.path.basename(path) == "tex-mml-chtml.js" and f"package/es5/{os.path.basename(path)}" in make
+    assert re.search(r"^book:.*\$\(MATHJAX_STAMP\)", make, re.M), "make book does not fetch MathJax"
