@@ -3,6 +3,8 @@ that is safe in value and gradient, and the number of capsules for other image s
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from ._helpers import squash64, squash_eps, squash_grad64, value_and_grad
@@ -247,6 +249,14 @@ def _nan_at_zero(run):
     return None
 
 
+def _norm_lost_its_axis(text, run, i):
+    """A broadcasting error between s and s's shape without the capsule axis (a norm without keepdims)."""
+    s, axis = run.args(i)
+    shapes = [tuple(int(d) for d in re.findall(r"\d+", m)) for m in re.findall(r"[\[(]([\d, ]+)[\])]", text)]
+    without = s.shape[:axis % s.ndim] + s.shape[axis % s.ndim + 1:]
+    return tuple(s.shape) in shapes and tuple(without) in shapes
+
+
 def _eps_variants():
     out = {}
     for eps in (1e-5, 1e-4, 1e-3, 1e-2, 1e-1):
@@ -298,8 +308,8 @@ def _squash_gradient(run):
         return ("nan_gradient_at_zero", (
             f"the values are right — 0 at s = 0 — but the gradient is NaN or inf at {where}: the exact failure "
             f"the chapter warns about. d sqrt(x)/dx is infinite at 0, and the chain rule multiplies that by 0 to "
-            f"give NaN; an epsilon added outside the sqrt (|s| + eps), ops.norm, or a where(|s| > 0, …, 0) does "
-            f"not stop it (autodiff still goes through the other branch). Put the epsilon inside the sqrt: "
+            f"give NaN; ops.norm, or a where(|s| > 0, …, 0), does not stop it (autodiff still differentiates the "
+            f"branch that was not taken). Put the epsilon inside the sqrt: "
             f"ops.sqrt(ops.sum(ops.square(s), axis, keepdims=True) + 1e-9)."))
     g_ref = squash_grad64(s, w)
     plain = np.ones(s.shape[:2], bool)
@@ -365,7 +375,7 @@ check_squash = register(Exercise(
         Mistake("keepdims_missing",
                 "your norm lost the capsule axis, so it cannot divide s. Keep the summed axis: "
                 "ops.sum(ops.square(s), axis=axis, keepdims=True) has size 1 there and broadcasts.",
-                error=r"could not be broadcast|Incompatible shapes|must match the size|are incompatible",
+                error=_norm_lost_its_axis,
                 example=lambda s, axis=-1: (lambda n2: n2 / (1 + n2) * s / np.sqrt(n2 + 1e-9))(
                     np.sum(s * s, axis=axis))),
     ],
@@ -389,10 +399,11 @@ def my_squash(s, axis=-1):
     norm = ops.sqrt(n2 + 1e-9)                              # epsilon *inside* the sqrt: never sqrt(0)
     return n2 / (1.0 + n2) * s / norm''',
     explanation=("With the epsilon inside the square root, 0/0 becomes 0/√ε = 0, and the derivative of the sqrt, "
-                 "$1/(2\\sqrt{|s|^2 + ε})$, stays finite too. An epsilon outside it (`norm + 1e-9`) fixes the value "
-                 "but not the gradient, and so does `where(norm > 0, …, 0)`: autodiff still differentiates the "
-                 "branch that was not taken, and 0 · NaN is NaN. The epsilon must stay small — 1e-9 changes a "
-                 "capsule of length 0.01 by 0.0005 %; 1e-4 would change it by half."),
+                 "$1/(2\\sqrt{|s|^2 + ε})$, stays finite too, on every backend. `where(norm > 0, …, 0)` fixes the "
+                 "value but not the gradient: autodiff still differentiates the branch that was not taken, and "
+                 "0 · NaN is NaN. An epsilon *outside* the sqrt (`ops.sqrt(n2) + 1e-9`) leaves a 0 · ∞ in the "
+                 "sqrt's derivative, which TensorFlow happens to evaluate to 0 and JAX to NaN. The epsilon must "
+                 "stay small — 1e-9 changes a capsule of length 0.01 by 0.0005 %; 1e-4 would change it by half."),
     transfer="the value *and* the gradient must be safe at zero, for any axis (the port's (batch, 16, 10) layout)",
     seed=33,
 ))

@@ -294,7 +294,7 @@ check_predictions_broadcast = register(Exercise(
                 "the axes do not line up for matmul. It multiplies the last two axes — W's (out_dim, in_dim) by an "
                 "(in_dim, 1) column — and broadcasts the others aligned from the right, so u needs a size-1 axis "
                 "where W has out_caps, and a column axis at the end.",
-                error=r"matmul|could not be broadcast|mismatch|Incompatible|core dimension",
+                error=r"matmul|core dimension|remapped shapes",
                 example=lambda u, W: (W.transpose(1, 0, 2, 3)[None] @ u[:, None, :, :])[..., 0]),
     ],
     task=("Compute û in **capslib's out-major layout** `(batch, out_caps, in_caps, out_dim)` from capslib's `W` "

@@ -105,10 +105,7 @@ check_routing_iteration = register(Exercise(
     make_cases=_step_cases, reference=_step_ref, batch_args=(0, 1),
     mistakes=[
         Mistake("softmax_over_inputs", _SOFTMAX_HINT, wrong=lambda u, b: _step_np(u, b, softmax_axis=2)),
-        Mistake("logits_per_dimension", _PER_DIM_HINT, wrong=lambda u, b: _step_np(u, b, per_dim=True),
-                error=r"\(\d+,\s*\d+,\s*\d+\)\s*\(\d+,\s*\d+,\s*\d+,\s*\d+\)|"
-                      r"\(\d+,\s*\d+,\s*\d+,\s*\d+\)\s*\(\d+,\s*\d+,\s*\d+\)",
-                example=lambda u, b: (lambda v: (v, b + u * v[:, :, None]))(_step_np(u, b)[0])),
+        Mistake("logits_per_dimension", _PER_DIM_HINT, wrong=lambda u, b: _step_np(u, b, per_dim=True)),
         Mistake("agreement_not_added",
                 "your b_new is only this iteration's agreement: the logits accumulate, b_new = b + û·v. Your "
                 "answer is right at iteration 1 (b = 0) and wrong after.",
@@ -301,6 +298,12 @@ def _coupling_cases(rng):
     ]
 
 
+def _picked_input_capsule(text, run, i):
+    """The error of reshaping c[:, j] — (batch, out_caps) numbers — into the grid."""
+    c = run.args(i)[0]
+    return f"cannot reshape array of size {c.shape[0] * c.shape[2]} into shape" in text
+
+
 def _coupling_map_reference(c, j, height=6, width=6):
     """The definition: i = t·height·width + row·width + col, mean over the 32 types t."""
     b = c.shape[0]
@@ -339,7 +342,7 @@ check_coupling_map = register(Exercise(
         Mistake("picked_input_capsule",
                 "c[:, j] picks input capsule j, not output capsule j: the output capsules are c's *last* axis, "
                 "c[:, :, j] (batch, in_caps).",
-                error=r"cannot reshape array of size \d+ into shape",
+                error=_picked_input_capsule,
                 example=lambda c, j, h=6, w=6: c[:, j].reshape(c.shape[0], 32, h, w).mean(axis=1)),
     ],
     task=("The cell above averaged capslib's couplings over the types with `c.reshape(6, 6, 32, 10)`. Couplings "

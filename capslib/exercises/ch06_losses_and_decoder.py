@@ -582,7 +582,7 @@ check_parameter_counts = register(Exercise(
         "decoder": dense(num_classes * digit_dim, 512) + dense(512, 1024) + dense(1024, pixels),
     }''',
     explanation=("For the paper's sizes: 20,992 + 5,308,672 + 1,474,560 + 1,411,344 = 8,215,568 (+160 with the "
-                 "official bias). For CIFAR-10: conv1 62,464, W 2,621,440 and a decoder of 3,753,472 — the "
+                 "official bias). For CIFAR-10: conv1 62,464, W 2,621,440 and a decoder of 3,756,544 — the "
                  "primary conv is the same 5,308,672 whatever the image. Routing itself has no parameters."),
     transfer="other image shapes and the official bias: the counts of chapters 2–6 for a new network",
     seed=66,

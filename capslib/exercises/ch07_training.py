@@ -209,9 +209,9 @@ def _label_cases(rng):
     return [
         Case((labels(1).astype("int64"), lengths(1)), "y_true (1,) int64, lengths (1, 10)", batch=1),
         Case((labels(3).astype("int64"), lengths(3)), "y_true (3,) int64, lengths (3, 10)", batch=3),
-        Case((labels(4).astype("float32")[:, None], lengths(4)),
-             "y_true (4, 1) float32 — what Keras 2's compile passes — lengths (4, 10)", batch=4),
-        Case((labels(8).astype("int32")[:, None], lengths(8)), "y_true (8, 1) int32, lengths (8, 10)", batch=8),
+        Case((labels(4).astype("int64")[:, None], lengths(4)),
+             "y_true (4, 1) int64 — what Keras 2's compile passed the port — lengths (4, 10)", batch=4),
+        Case((labels(8).astype("float32")[:, None], lengths(8)), "y_true (8, 1) float32, lengths (8, 10)", batch=8),
         Case((labels(5).astype("float32"), lengths(5)), "y_true (5,) float32, lengths (5, 10)", batch=5),
     ]
 
@@ -239,8 +239,8 @@ check_margin_loss = register(Exercise(
                 "sum over axis 1 then adds over the batch. Flatten the labels to (batch,) first.",
                 wrong=_port_margin_loss),
         Mistake("labels_not_cast",
-                "Keras 2 hands the labels over as float32 (1.0, 7.0, …), and floats cannot index: cast them to int "
-                "before the one-hot.",
+                "labels stored as floats (1.0, 7.0, …) cannot index an array: cast them to int before the "
+                "one-hot.",
                 error=r"arrays used as indices must be of integer|only integers, slices|IndexError.*float",
                 example=lambda y, lengths: _loss_np_uncast(y, lengths)),
         Mistake("softmax_on_lengths",
@@ -257,11 +257,13 @@ check_margin_loss = register(Exercise(
                 wrong=lambda y, lengths: _loss_np(y, lengths) / 10),
     ],
     task=("The TF2 port one-hot encodes integer labels inside its loss, like `port_margin_loss` below (rewritten in "
-          "NumPy), and trained to about 10% accuracy under `model.compile`: Keras 2 hands a compiled loss the labels "
-          "as **`(batch, 1)` float32**. Call `port_margin_loss` on `y = np.array([[3.0], [1.0]])` and two rows of "
-          "lengths: what shape does `t` have, and what gets summed? Then write `my_margin_loss(y_true, lengths)`, "
-          "the fix: Eq. 4 ($m^+ = 0.9$, $m^- = 0.1$, $\\lambda = 0.5$) summed over the 10 classes and averaged over "
-          "the batch, for integer class labels of shape `(batch,)` or `(batch, 1)`, stored as ints or floats."),
+          "NumPy), and trained to about 10% accuracy under `model.compile`: Keras 2's `compile` hands a loss integer "
+          "labels as **`(batch, 1)`** — it adds an axis to match the `(batch, 10)` predictions. Call "
+          "`port_margin_loss` on `y = np.array([[3], [1]])` and two rows of lengths: what shape does `t` have, and "
+          "what gets summed? Then write `my_margin_loss(y_true, lengths)`, the fix: Eq. 4 ($m^+ = 0.9$, "
+          "$m^- = 0.1$, $\\lambda = 0.5$) summed over the 10 classes and averaged over the batch, for class labels "
+          "of shape `(batch,)` or `(batch, 1)`, stored as ints or as floats (1.0, 7.0, … when a dataset saved them "
+          "as float32)."),
     stub='''import numpy as np
 
 def port_margin_loss(y_true, lengths):

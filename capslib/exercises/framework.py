@@ -26,6 +26,7 @@ from the exact value to the value with that epsilon).
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import re
@@ -398,7 +399,8 @@ class Mistake:
         variant-name → function); it is named when your output equals its output on every case
         (cases where it returns SKIP excepted).
     detect: detect(run) → None/False, or a dict of fields for ``hint`` (custom recognisers).
-    error: a regex matched against ``"ExceptionType: message"`` when your function raised.
+    error: a regex matched against ``"ExceptionType: message"`` when your function raised, or a
+        function ``error(text, run, i)`` → bool for a check that needs the input.
     always: run ``detect`` even when the values are right (e.g. W tiled: right values, wrong memory).
     example: a function that makes this mistake, for the tests (default: ``wrong``).
     """
@@ -654,13 +656,17 @@ def call(fn, args, track_memory=False, trace=None):
                     started = True
                     base = 0
             old_profile = sys.getprofile()
+            collecting = gc.isenabled()
             try:
                 if tracer is not None:
+                    gc.disable()                  # a finalizer run by the collector is not the student's call
                     sys.setprofile(tracer)
                 value = fn(*passed)
             finally:
                 if tracer is not None:
                     sys.setprofile(old_profile)
+                    if collecting:
+                        gc.enable()
                 if track_memory:
                     out.peak = tracemalloc.get_traced_memory()[1] - base
                     if started:
@@ -1029,31 +1035,47 @@ def judge(ex: Exercise, fn) -> Verdict:
     return verdict(ex, "wrong", text, None, run.label(bad))
 
 
+def _error_matches(m, text, run, i):
+    """Does mistake m's ``error`` (a regex, or a function of (text, run, i)) explain this exception?"""
+    if m.error is None:
+        return False
+    if callable(m.error):
+        try:
+            return bool(m.error(text, run, i))
+        except Exception:  # noqa: BLE001
+            return False
+    return re.search(m.error, text, re.S) is not None
+
+
 def _judge_errors(run, errs):
     ex, n = run.ex, run.n
     i = errs[0]
     text = _error_text(run.outcomes[i].error)
-    for m in ex.mistakes:
-        if m.error and re.search(m.error, text, re.S):
-            return verdict(ex, "mistake", _hint(m) + f"\n  (your function raised {short(text)})", m.name,
-                           run.label(i))
     defaults_cases = [k for k in errs if run.cases[k].npass is not None]
-    if defaults_cases and len(defaults_cases) == len(errs) and isinstance(run.outcomes[i].error, TypeError):
+    if defaults_cases and len(defaults_cases) == len(errs):
         k = defaults_cases[0]
+        missing = isinstance(run.outcomes[k].error, TypeError) and "argument" in str(run.outcomes[k].error)
         return verdict(ex, "mistake", (
             f"your function works when every argument is passed, but raised {short(_error_text(run.outcomes[k].error))} "
-            f"when the defaulted ones were left out. The task's signature is {ex.signature}."),
-            "default_missing", run.label(k))
-    ones = [k for k in range(n) if run.cases[k].batch == 1 and run.outcomes[k].error is None]
-    if ones and all(run.cases[k].batch not in (None, 1) for k in errs):
-        first_ok = ones[0]
-        norm, problem, _ = ex.returns.normalize(run.outcomes[first_ok].value)
-        if problem is None and close(norm, run.expected(first_ok)):
-            return verdict(ex, "mistake",
-                           f"your function works for batch 1 but raises {short(text)} for batch "
-                           f"{run.cases[i].batch}. Is a batch size of 1 written into a reshape or a zeros(...)? "
-                           f"Use -1 or x.shape[0] for the batch axis.",
-                           "batch_size_hard_coded", run.label(i))
+            f"when the defaulted ones were left out. The task's signature is {ex.signature}: "
+            + ("give those arguments their defaults." if missing else "check your default values.")),
+            "default_missing" if missing else "wrong_default", run.label(k))
+    for m in ex.mistakes:
+        if _error_matches(m, text, run, i):
+            return verdict(ex, "mistake", _hint(m) + f"\n  (your function raised {short(text)})", m.name,
+                           run.label(i))
+    case = run.cases[i]
+    if ex.batch_args and case.batch and case.batch > 1 and ex.reference is not None:
+        sliced = _slice_example(ex, run.args(i), 0)
+        alone = call(run.fn, sliced if case.npass is None else sliced[:case.npass])
+        if alone.error is None and not alone.not_implemented:
+            norm, problem, _ = ex.returns.normalize(alone.value)
+            if problem is None and close(norm, canon(ex.reference(*sliced))):
+                return verdict(ex, "mistake",
+                               f"your function works on one example but raises {short(text)} for batch "
+                               f"{case.batch} (the same input otherwise). Is a batch size of 1 written into a "
+                               f"reshape or a zeros(...)? Use -1 or x.shape[0] for the batch axis.",
+                               "batch_size_hard_coded", run.label(i))
     return verdict(ex, "error", f"your function raised {short(text, 400)}{_where(run.outcomes[i].error)}",
                    None, run.label(i))
 
