@@ -353,7 +353,7 @@ check_mask_by_length = register(Exercise(
     task=("At inference there is no label: the decoder gets the **longest** capsule. Write `my_mask_by_length(v)` "
           "for digit capsules in the TF2 port's layout, `(batch, out_dim, out_caps)` — one capsule per column, "
           "e.g. `(batch, 16, 10)` — that keeps the longest capsule, zeros the others, and returns them flattened "
-          "in **capslib's** order (capsule by capsule, slot $j\\cdot\\text{out\\_dim} + d$), "
+          "in **capslib's** order (capsule by capsule, slot `j·out_dim + d`), "
           "`(batch, out_caps·out_dim)`, ready for capslib's decoder. Which axis do you take the lengths over? "
           "The check's longest capsule is never the one with the largest component, sum or L1 norm."),
     stub='''import numpy as np

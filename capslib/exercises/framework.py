@@ -343,14 +343,18 @@ def typename(x):
     if isinstance(x, np.ndarray):
         return f"a NumPy array of shape {fmt_shape(x.shape)} and dtype {x.dtype}"
     if hasattr(x, "shape") and not isinstance(x, (int, float, np.generic)):
-        return f"a {type(x).__name__} of shape {fmt_shape(tuple(x.shape))}"
+        return f"{_a(type(x).__name__)} of shape {fmt_shape(tuple(x.shape))}"
     if isinstance(x, np.generic):
         return f"a NumPy {type(x).__name__} ({x!r})"
     if isinstance(x, (tuple, list)):
         return f"a {type(x).__name__} of {len(x)} items"
     if isinstance(x, (bool, int, float, str)):
-        return f"a {type(x).__name__} ({x!r})"
-    return f"a {type(x).__name__}"
+        return f"{_a(type(x).__name__)} ({x!r})"
+    return _a(type(x).__name__)
+
+
+def _a(noun):
+    return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
 
 
 def wrap(text, indent=""):
