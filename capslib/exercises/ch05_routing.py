@@ -178,7 +178,17 @@ def _loop_cases(rng):
              batch=2, npass=1),
         Case((u(2, 72, 10, 16), 4, None), "u_hat (2, 72, 10, 16), iterations=4 (bias left to its default)",
              batch=2, npass=2),
+        Case((_dead(u(2, 72, 10, 16), 4), 3, None),
+             "u_hat (2, 72, 10, 16) whose predictions for j = 4 are all zero, iterations=3, bias=None", batch=2),
     ]
+
+
+def _dead(u_hat, j, axis=2):
+    """u_hat with every prediction for output capsule j set to 0 (then s_j = 0: squash must give 0)."""
+    index = [slice(None)] * u_hat.ndim
+    index[axis] = j
+    u_hat[tuple(index)] = 0.0
+    return u_hat
 
 
 def _loop_reference(u_hat, iterations=3, bias=None):
@@ -252,7 +262,8 @@ check_routing = register(Exercise(
           "+ \\text{bias}_j$ when `bias` `(out_caps, out_dim)` is given, returning `(v, c)`: `v` "
           "`(batch, out_caps, out_dim)` and the couplings `c` `(batch, in_caps, out_caps)` **that produced that "
           "v**. Any sizes: the check uses 1152, 72 and 40 input capsules and 10 or 5 outputs, 1 to 5 iterations, "
-          "calls it twice on the same input and splits a batch into single examples."),
+          "an output capsule whose predictions are all zero, calls it twice on the same input and splits a batch "
+          "into single examples."),
     stub='''import numpy as np
 
 def my_routing(u_hat, iterations=3, bias=None):
@@ -495,6 +506,8 @@ def _port_routing_cases(rng):
         Case((u(3, 72, 16, 10), 2), "u_hat (3, 72, 16, 10), iterations=2", batch=3),
         Case((u(4, 40, 6, 5), 5), "u_hat (4, 40, 6, 5), iterations=5", batch=4),
         Case((u(2, 72, 16, 10), 3), "u_hat (2, 72, 16, 10), iterations=3", batch=2),
+        Case((_dead(u(2, 72, 16, 10), 6, axis=3), 3),
+             "u_hat (2, 72, 16, 10) whose predictions for j = 6 are all zero, iterations=3", batch=2),
     ]
 
 
@@ -531,7 +544,8 @@ check_port_routing = register(Exercise(
           "in exercise 5.4). It runs, and its output has the right shape — but its logits `b` have the shape of "
           "`u_hat`, `(batch, 1152, 16, 10)`. What does Procedure 1 say `b` is? Write `my_port_routing(u_hat, "
           "iterations=3)`, the fix, in the port's layout: `u_hat` `(batch, in_caps, out_dim, out_caps)` in, `v` "
-          "`(batch, out_dim, out_caps)` out, for any number of input and output capsules."),
+          "`(batch, out_dim, out_caps)` out, for any number of input and output capsules (the check includes an "
+          "output capsule whose predictions are all zero)."),
     stub='''import numpy as np
 
 def softmax(x, axis):
