@@ -231,8 +231,8 @@ check_tiled_W_bytes = register(Exercise(
     task=("The TF2 port's formulation (b) copies `W` once per example, to `(batch, in_caps, 10, 16, 8)`. Write "
           "`my_tiled_W_bytes(batch, height=28, width=28, bytes_per_number=4)`: how many **bytes** that tiled tensor "
           "takes for a CapsNet on `height`×`width` images (conv1 256@9×9, the primary conv 256@9×9 stride 2 read "
-          "as 32 types × 8 dims, 10 digit capsules of 16 dims). Then print it in GiB (÷ 2**30) for CIFAR-10 "
-          "(32×32) and smallNORB (96×96) at batch 128: would it fit on your GPU?"),
+          "as 32 types × 8 dims, 10 digit capsules of 16 dims). How many GiB (÷ 2**30) is that for CIFAR-10 "
+          "(32×32) and smallNORB (96×96) at batch 128 — would it fit on your GPU?"),
     stub='''def my_tiled_W_bytes(batch, height=28, width=28, bytes_per_number=4):
     """Bytes of W tiled to (batch, in_caps, 10, 16, 8) for height x width images. ints in, int out."""
     raise NotImplementedError''',

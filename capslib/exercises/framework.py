@@ -142,7 +142,7 @@ class Array(Returns):
         self.numpy_only = numpy_only
         shape = f" of shape {fmt_dims(self.dims)}" if self.dims else ""
         self.text = text or (f"a NumPy float array{shape}" if numpy_only
-                             else f"a float array{shape} (a NumPy array or a tensor)")
+                             else f"a float array (NumPy, or a tensor){shape}")
 
     def normalize(self, value, what="your output"):
         if value is None:
@@ -495,8 +495,9 @@ class Exercise:
             names = " and ".join(f"`{n}`" for n in arrays)
             parts.append(f"Leave {names} unchanged (no in-place changes).")
         if self.defaults():
-            parts.append("Keep the defaults of the signature: the check also calls it without "
-                         + " and ".join(f"`{n}`" for n in self.defaults()) + ".")
+            names = [f"`{n}`" for n in self.defaults()]
+            listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+            parts.append(f"Keep the defaults of the signature: the check also calls it without {listed}.")
         return " ".join(parts)
 
     def cases(self):
