@@ -575,7 +575,7 @@ def describe_args(ex, args, npass=None):
 
 
 class _Outcome:
-    __slots__ = ("value", "error", "peak", "not_implemented", "modified", "einsum", "frameworks", "called")
+    __slots__ = ("value", "error", "peak", "not_implemented", "modified", "frameworks", "called")
 
     def __init__(self):
         self.value = None
@@ -583,7 +583,6 @@ class _Outcome:
         self.peak = 0
         self.not_implemented = False
         self.modified = []
-        self.einsum = False
         self.frameworks = set()
         self.called = set()
 
