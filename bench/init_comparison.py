@@ -11,16 +11,21 @@ Fig. 4 effect and the coupling spread (``capslib.evaluate``) on the 2,004 held-o
 Variants:
 
   keras             capslib's former default: Keras' glorot/zero initialisers, W ~ TN(0.01), no
-                    DigitCaps bias (``CapsNet(init="keras", use_bias=False)``)
-  official          every layer drawn as the official code's variables.weight_variable and
-                    bias_variable (``CapsNet()``: conv1 TN(0.05), primary TN(0.1), W TN(0.1), decoder
-                    TN(0.1), all biases 0.1, the (10, 16) DigitCaps bias)
-  official_exact    ``official`` plus what the official code's primary capsules also do: their
-                    conv_slim_capsule runs one routing iteration over 32 types with zero logits,
-                    so the pre-activation is conv/32 + bias (a patched PrimaryCaps, here only)
+                    DigitCaps bias, a plain primary conv (``CapsNet(init="keras", use_bias=False)``)
+  official          capslib's default (``CapsNet()``): every layer drawn as the official code's
+                    variables.weight_variable and bias_variable (conv1 TN(0.05), primary TN(0.1),
+                    W TN(0.1), decoder TN(0.1), all biases 0.1, the (10, 16) DigitCaps bias), and
+                    the primary pre-activation conv/32 + bias, as the official conv_slim_capsule's
+                    one routing pass over 32 types with zero logits computes it
+  official_no_scale ``official`` without the 1/32 (the primary conv's output used as it is)
   official_balance  ``official`` with ``loss_balance="official"`` (margin term / 20)
 
-    python bench/init_comparison.py                       # all variants, 3 epochs each (~30 min, 2 cores)
+Run 1 (bench/results/init_comparison.json, at 595e6aa, before the 1/32 was in capslib) named
+the variants differently: its ``official`` is today's ``official_no_scale`` and its
+``official_exact`` (a patched PrimaryCaps) is today's ``official``; its ``official_balance`` was
+``official_no_scale`` with the official balance.
+
+    python bench/init_comparison.py                       # all variants, 3 epochs each (~30–60 min, 2 cores)
     python bench/init_comparison.py --variants keras,official --epochs 1
     python bench/init_comparison.py --quick               # smoke test: 512 images, 1 epoch
 """
@@ -37,33 +42,18 @@ import sys
 import time
 
 RESULT_TAG = "INIT_RESULT "
-VARIANTS = ("keras", "official", "official_exact", "official_balance")
+VARIANTS = ("keras", "official", "official_no_scale", "official_balance")
 
 
 def build(variant):
-    import keras
-    from keras import ops
-
     import capslib
-    import capslib.model
 
-    if variant == "official_exact":
-        class Conv32(keras.layers.Conv2D):
-            """The official primary conv: conv/32 + bias (one routing pass over 32 types, zero logits)."""
-
-            def call(self, x):
-                return ops.conv(x, self.kernel, strides=self.strides, padding=self.padding) / 32.0 + self.bias
-
-        class ExactPrimaryCaps(capslib.PrimaryCaps):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, **kwargs)
-                self.conv = Conv32(self.num_types * self.dim, self.kernel_size, strides=self.strides, name="conv",
-                                   kernel_initializer=self.kernel_initializer, bias_initializer=self.bias_initializer)
-
-        capslib.model.PrimaryCaps = ExactPrimaryCaps
-    kwargs = {"keras": dict(init="keras", use_bias=False), "official": {}, "official_exact": {},
+    kwargs = {"keras": dict(init="keras", use_bias=False), "official": {}, "official_no_scale": {},
               "official_balance": dict(loss_balance="official")}[variant]
-    return capslib.CapsNet(**kwargs)
+    model = capslib.CapsNet(**kwargs)
+    if variant == "official_no_scale":
+        model.primary_caps.conv_scale = 1.0         # read when call() is traced: a plain conv + bias
+    return model
 
 
 def worker(variant, epochs, n_train, seed):

@@ -65,35 +65,52 @@ class PrimaryCaps(keras.layers.Layer):
 
     Initialisers default to the official code's: kernel TN(0.1), bias 0.1
     (:func:`layer_initializers`).
+
+    conv_scale: multiplies the convolution's output before its bias is added. The official code's
+    primary capsules are a ``conv_slim_capsule`` with one routing iteration over the 32 types:
+    zero logits, so every coupling is 1/32 and the pre-activation is ``conv/32 + bias``.
+    ``conv_scale=1/32`` reproduces that (``CapsNet(init="official")`` sets it); 1 is a plain conv.
     """
 
     def __init__(self, num_types=32, dim=8, kernel_size=9, strides=2, kernel_initializer=None,
-                 bias_initializer=None, **kwargs):
+                 bias_initializer=None, conv_scale=1.0, **kwargs):
         super().__init__(**kwargs)
         self.num_types, self.dim = num_types, dim
-        self.kernel_size, self.strides = kernel_size, strides
+        self.kernel_size, self.strides, self.conv_scale = kernel_size, strides, float(conv_scale)
         kernel, bias = layer_initializers()["primary"]
         self.kernel_initializer = keras.initializers.get(kernel_initializer or kernel)
         self.bias_initializer = keras.initializers.get(bias_initializer or bias)
-        self.conv = keras.layers.Conv2D(num_types * dim, kernel_size, strides=strides, name="conv",
-                                        kernel_initializer=self.kernel_initializer,
-                                        bias_initializer=self.bias_initializer)
+        # The bias is the layer's own, added after the scale: conv(x)·conv_scale + bias.
+        self.conv = keras.layers.Conv2D(num_types * dim, kernel_size, strides=strides, name="conv", use_bias=False,
+                                        kernel_initializer=self.kernel_initializer)
 
     def build(self, input_shape):
         check_dims(input_shape, _FEATURES, self.name, "conv1 features")
         self.conv.build(input_shape)
+        self.bias = self.add_weight(name="bias", shape=(self.num_types * self.dim,),
+                                    initializer=self.bias_initializer)
 
     def compute_output_shape(self, input_shape):
         h, w = self.conv.compute_output_shape(input_shape)[1:3]
         return (input_shape[0], h * w * self.num_types, self.dim)
 
-    def call(self, features):
+    def preactivation(self, features):
+        """The primary conv's output before the squash: ``conv(features)·conv_scale + bias``,
+        ``(batch, 20, 20, 256)`` → ``(batch, 6, 6, 256)``, channels = 32 types × 8 dims."""
         check_shape(features, _FEATURES, self.name, "conv1 features")
         check_float(features, self.name, "conv1 features")
         x = self.conv(features)                                         # (batch, 6, 6, 256)
+        if self.conv_scale != 1.0:
+            x = x * self.conv_scale
+        x = x + self.bias
         _, oh, ow, _ = static_shape(x)
         check_shape(x, ("batch", oh, ow, self.num_types * self.dim), self.name, "primary conv",
                     ("batch", "height", "width", "channels"))
+        return x
+
+    def call(self, features):
+        x = self.preactivation(features)                                # (batch, 6, 6, 256)
+        _, oh, ow, _ = static_shape(x)
         u = ops.reshape(x, (-1, oh * ow * self.num_types, self.dim))  # (batch, 1152, 8): 32 types × 8 dims
         u = squash(u)
         check_shape(u, ("batch", oh * ow * self.num_types, self.dim), self.name, "primary capsules",
@@ -102,7 +119,7 @@ class PrimaryCaps(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "num_types": self.num_types, "dim": self.dim,
-                "kernel_size": self.kernel_size, "strides": self.strides,
+                "kernel_size": self.kernel_size, "strides": self.strides, "conv_scale": self.conv_scale,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer)}
 

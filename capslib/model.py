@@ -38,8 +38,10 @@ class CapsNet(keras.Model):
     class, as the paper trains it; metrics (e.g. ``"categorical_accuracy"``) see the lengths.
     Labels for ``fit``/``evaluate`` are one-hot ``(batch, 10)``.
 
-    init: ``"official"`` (default) draws every layer as the paper's official code does;
-        ``"keras"`` uses Keras' defaults and W ~ TN(0.01) (see :func:`capslib.layers.layer_initializers`).
+    init: ``"official"`` (default) draws every layer as the paper's official code does, and scales
+        the primary conv's output by 1/primary_types as the official code's primary capsules do
+        (:class:`capslib.PrimaryCaps`, ``conv_scale``); ``"keras"`` uses Keras' defaults, W ~ TN(0.01)
+        and no scale: capslib's former default (see :func:`capslib.layers.layer_initializers`).
     use_bias: the official code's (10, 16) bias on s_j (default True); False is the paper's Eq. 2.
     loss_balance: ``"paper"`` (default) is Eq. 4 summed over the classes + 0.0005 × the per-image
         sum of squared errors. ``"official"`` divides the margin term by 2 × classes (= 20), which
@@ -66,8 +68,9 @@ class CapsNet(keras.Model):
         self.conv1 = keras.layers.Conv2D(conv_filters, 9, activation="relu", name="conv1",
                                          kernel_initializer=kernel, bias_initializer=bias)
         kernel, bias = inits["primary"]
-        self.primary_caps = PrimaryCaps(primary_types, primary_dim, kernel_initializer=kernel,
-                                        bias_initializer=bias, name="primary_caps")
+        self.primary_caps = PrimaryCaps(primary_types, primary_dim, kernel_initializer=kernel, bias_initializer=bias,
+                                        conv_scale=1.0 / primary_types if init == "official" else 1.0,
+                                        name="primary_caps")
         kernel, bias = inits["digit"]
         self.digit_caps = DigitCaps(num_classes, digit_dim, routing_iterations, use_bias, kernel_initializer=kernel,
                                     bias_initializer=bias, name="digit_caps")

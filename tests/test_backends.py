@@ -141,7 +141,7 @@ SCRIPT = textwrap.dedent(
         v, c = m.digit_caps(u, return_coupling=True)
         lengths, recon = m(x)
         facts["shapes"] = {
-            "conv1": list(features.shape), "primary_conv": list(m.primary_caps.conv(features).shape),
+            "conv1": list(features.shape), "primary_conv": list(m.primary_caps.preactivation(features).shape),
             "primary_caps": list(u.shape), "u_hat": list(m.digit_caps.predictions(u).shape),
             "c": list(c.shape), "v": list(v.shape), "lengths": list(lengths.shape),
             "masked": list(m.mask(v).shape), "reconstructions": list(recon.shape),

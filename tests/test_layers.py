@@ -61,9 +61,24 @@ def test_default_initialisation_is_the_official_codes():
         assert np.abs(w).max() <= 2 * stddev + 1e-7, name                        # truncated at 2σ
         assert abs(w.std() / _truncated_normal_std(stddev) - 1) < 0.05, (name, w.std())
         assert abs(w.mean()) < 0.05 * stddev, name
-    biases = [m.conv1.bias, m.primary_caps.conv.bias, m.digit_caps.bias] + [d.bias for d in m.decoder.dense]
+    biases = [m.conv1.bias, m.primary_caps.bias, m.digit_caps.bias] + [d.bias for d in m.decoder.dense]
     for b in biases:
         np.testing.assert_array_equal(to_np(b), np.float32(0.1))
+
+
+def test_official_primary_capsules_scale_the_conv_by_one_over_the_types(rng):
+    # The official conv_slim_capsule routes the conv through one iteration over 32 types with zero
+    # logits: pre-activation = conv / 32 + bias. capslib's init="official" does the same.
+    keras.utils.set_random_seed(0)
+    m = capslib.CapsNet(conv_filters=16, primary_types=4)
+    pc = m.primary_caps
+    assert pc.conv_scale == 1 / 4 and capslib.CapsNet(init="keras").primary_caps.conv_scale == 1.0
+    features = m.conv1(rng.uniform(0, 1, (2, 28, 28, 1)).astype("float32"))
+    raw = to_np(keras.ops.conv(features, pc.conv.kernel, strides=2))              # (2, 6, 6, 32), no bias
+    np.testing.assert_allclose(to_np(pc.preactivation(features)), raw / 4 + 0.1, rtol=1e-5, atol=1e-6)
+    u = squash_reference_np((raw / 4 + 0.1).reshape(2, 6 * 6 * 4, 8))
+    np.testing.assert_allclose(to_np(pc(features)), u, rtol=1e-4, atol=1e-6)
+    assert PrimaryCaps.from_config(pc.get_config()).conv_scale == 1 / 4
 
 
 def test_keras_initialisation_is_capslibs_former_default():
@@ -71,7 +86,7 @@ def test_keras_initialisation_is_capslibs_former_default():
     m = capslib.CapsNet(init="keras", use_bias=False)
     w = to_np(m.digit_caps.W)
     assert abs(w.std() / _truncated_normal_std(0.01) - 1) < 0.05
-    for b in (m.conv1.bias, m.primary_caps.conv.bias, m.decoder.dense[0].bias):
+    for b in (m.conv1.bias, m.primary_caps.bias, m.decoder.dense[0].bias):
         assert not to_np(b).any()
     fan = 9 * 9 * 256 + 9 * 9 * 256                                             # glorot-uniform limit
     assert np.abs(to_np(m.primary_caps.conv.kernel)).max() <= np.sqrt(6 / fan) + 1e-7
@@ -215,7 +230,7 @@ def test_primary_caps_standalone(rng):
     u = to_np(layer(x))
     assert u.shape == (2, 4 * 4 * 4, 3)
     assert layer.compute_output_shape((None, 9, 9, 5)) == (None, 64, 3)
-    conv = to_np(layer.conv(x))
+    conv = to_np(layer.conv(x)) + to_np(layer.bias)                   # conv_scale 1: a plain conv + bias
     np.testing.assert_allclose(u, squash_reference_np(conv.reshape(2, 64, 3)), rtol=1e-4, atol=1e-6)
     assert (np.linalg.norm(u, axis=-1) < 1).all()
 

@@ -92,7 +92,7 @@ def test_shapes_at_every_stage(model, batch):
     x = np.random.default_rng(batch).uniform(0, 1, (batch, 28, 28, 1)).astype("float32")
     features = model.conv1(x)
     assert tuple(features.shape) == (batch, 20, 20, 256)
-    primary_conv = model.primary_caps.conv(features)
+    primary_conv = model.primary_caps.preactivation(features)
     assert tuple(primary_conv.shape) == (batch, 6, 6, 256)
     u = model.primary_caps(features)
     assert tuple(u.shape) == (batch, 1152, 8)
@@ -135,7 +135,7 @@ def test_primary_capsule_layout(model, rng):
     """Capsule i = (row·6 + col)·32 + t holds channels t·8 … t·8+7 of the primary conv, squashed."""
     x = rng.uniform(0, 1, (2, 28, 28, 1)).astype("float32")
     features = model.conv1(x)
-    conv = keras.ops.convert_to_numpy(model.primary_caps.conv(features))
+    conv = keras.ops.convert_to_numpy(model.primary_caps.preactivation(features))
     u = keras.ops.convert_to_numpy(model.primary_caps(features))
     from conftest import squash_reference_np
 
@@ -155,7 +155,7 @@ def test_configured_input_size_shapes(model36):
     x = np.random.default_rng(0).uniform(0, 1, (3, 36, 36, 1)).astype("float32")
     features = model36.conv1(x)
     assert tuple(features.shape) == (3, 28, 28, 256)
-    assert tuple(model36.primary_caps.conv(features).shape) == (3, 10, 10, 256)
+    assert tuple(model36.primary_caps.preactivation(features).shape) == (3, 10, 10, 256)
     u = model36.primary_caps(features)
     assert tuple(u.shape) == (3, 3200, 8)
     assert tuple(model36.digit_caps.W.shape) == (3200, 10, 16, 8)
