@@ -26,3 +26,18 @@ def test_gpu_throughput_quick_runs_and_reports(tmp_path, capsys):
     assert saved["environment"]["backend"] and saved["environment"]["device"]
     assert result["estimated_60k_epoch_seconds"] > 0
     assert "images/s" in capsys.readouterr().out
+
+
+def test_init_comparison_quick_runs_the_variants_it_names(tmp_path):
+    # Two variants whose difference is the point: the official 1/32 on the primary capsules.
+    out = tmp_path / "init.json"
+    assert _load("init_comparison").main(["--quick", "--variants", "official,official_no_scale", "--json", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    by_name = {r["variant"]: r for r in saved["results"]}
+    assert set(by_name) == {"official", "official_no_scale"} and saved["train_size"] == 512
+    # without the 1/32 the primary capsules start saturated; with it they start short
+    assert by_name["official_no_scale"]["init"]["primary_length_mean"] > 0.9
+    assert by_name["official"]["init"]["primary_length_mean"] < 0.2
+    for r in saved["results"]:
+        assert len(r["epochs"]) == 1 and 0 <= r["final"]["accuracy"] <= 1
+        assert r["final"]["reconstruction_mse"] > 0 and r["params"] == 8_215_728
