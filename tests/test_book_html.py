@@ -71,13 +71,21 @@ def test_page_launches_its_notebook_on_colab_and_binder(chapter):
     assert binder in html, f"{name}: no Binder link {binder}"
 
 
-def test_pages_that_train_say_which_mode_produced_them():
+def test_pages_say_which_model_or_run_produced_their_outputs():
+    # A page that shows a trained model names it (a reference model with its record, or this
+    # build's model); a page that trains live says which mode, data and machine.
+    quick = os.environ.get("CAPSBOOK_QUICK", "") not in ("", "0") or os.environ.get("CAPSBOOK_MODE") == "quick"
     for chapter in CHAPTERS:
         with open(chapter) as f:
             source = f.read()
-        if "book_model(" in source or ".fit(" in source:
-            name, html = _page(chapter)
-            assert re.search(r"(quick|full) mode", html), f"{name} trains but shows no mode note"
+        if not any(k in source for k in ("book_model(", "pretrained.load(", ".fit(")):
+            continue
+        name, html = _page(chapter)
+        assert re.search(r"(quick|full) mode|reference model|trained by this build", html), \
+            f"{name} shows a trained model but does not say which"
+        if quick and "book_model(" in source:
+            assert "reference model <code" in html or "reference model `mnist`" in html, \
+                f"{name}: in quick mode the shared model is the reference model `mnist`, and the page must say so"
 
 
 # --------------------------------------------------------------------------- MathJax, served with the book

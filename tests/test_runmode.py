@@ -50,3 +50,15 @@ def test_describe_and_model_note_name_mode_data_and_machine(env):
     history = {"data": "4,000 digits", "epochs": [{"val_categorical_accuracy": 0.9}, {"val_categorical_accuracy": 0.95}]}
     note = runmode.model_note(history)
     assert "2 epochs; trained by this build on CPU" in note and note.endswith("held-out accuracy 95.00%")
+    assert runmode.model_label(history) == "model trained by this build (2 epochs, held-out 95.00%)"
+    reference = {"name": "mnist", "weights": {}, "parameters": 8_215_728,
+                 "evaluation": {"heldout_accuracy": 0.991, "data": "2,004 digits"},
+                 "training": {"epochs_run": 23, "command": "make reference-models  (python -m …)",
+                              "data": "7,996 digits; offline", "environment": {"device": "CPU (2 cores) via tensorflow",
+                                                                                "date": "2026-12-02 06:00 UTC",
+                                                                                "commit": "0123456789abcdef"}}}
+    assert runmode.model_label(reference) == "reference model `mnist` (23 epochs, held-out 99.10%)"
+    assert runmode.model_note(reference) == (
+        "reference model `mnist` (8,215,728 parameters): trained by `make reference-models`, 23 epochs on "
+        "7,996 digits; accuracy 99.10% on held-out data; CPU (2 cores) via tensorflow, "
+        "2026-12-02 06:00 UTC, commit 0123456")
