@@ -57,6 +57,7 @@ test: $(STAMP) $(OFFLINE_MNIST)
 
 book: $(STAMP) $(OFFLINE_MNIST) $(MATHJAX_STAMP)
 	rm -rf _build/html _build/jupyter_execute _build/models   # every build executes and trains afresh
+	@$(PY) -c "from capslib import runmode; print(runmode.book_banner())"
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 	CAPSBOOK_REQUIRE_HTML=1 $(PY) -m pytest -q tests/test_book_html.py
 

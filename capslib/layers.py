@@ -249,9 +249,15 @@ class Decoder(keras.layers.Layer):
         n_pixels = 1
         for d in self.image_shape:
             n_pixels *= d
-        init = dict(kernel_initializer=self.kernel_initializer, bias_initializer=self.bias_initializer)
-        self.dense = [keras.layers.Dense(h, activation="relu", name=f"dense_{h}", **init) for h in self.hidden]
-        self.dense.append(keras.layers.Dense(n_pixels, activation="sigmoid", name="pixels", **init))
+        self.dense = [keras.layers.Dense(h, activation="relu", name=f"dense_{h}", **self._fresh_initializers())
+                      for h in self.hidden]
+        self.dense.append(keras.layers.Dense(n_pixels, activation="sigmoid", name="pixels", **self._fresh_initializers()))
+
+    def _fresh_initializers(self):
+        # One initializer object per layer: an unseeded Keras initializer draws the same numbers
+        # every time it is called, so layers sharing one would start from the same values.
+        copy = lambda init: keras.initializers.get(keras.initializers.serialize(init))
+        return {"kernel_initializer": copy(self.kernel_initializer), "bias_initializer": copy(self.bias_initializer)}
 
     def build(self, input_shape):
         shape = input_shape

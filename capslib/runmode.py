@@ -22,7 +22,8 @@ import os
 
 import keras
 
-__all__ = ["mode", "quick", "mode_reason", "device_description", "describe", "model_note", "model_label"]
+__all__ = ["mode", "quick", "mode_reason", "device_description", "describe", "model_note", "model_label",
+           "book_banner"]
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -132,4 +133,14 @@ def model_label(record) -> str:
     acc = record["epochs"][-1].get("val_categorical_accuracy")
     return (f"model trained by this build ({len(record['epochs'])} epochs"
             + (f", held-out {100 * acc:.2f}%)" if acc is not None else ")"))
+
+
+def book_banner() -> str:
+    """The one line ``make book`` prints before it builds: which mode, why, and what that means."""
+    m, why = _resolve()
+    what = ("the shipped reference models for the chapters that look at a trained CapsNet, short live "
+            "training runs in chapters 7 and 8" if m == "quick" else
+            "every model trained afresh on this machine, at the paper's sizes (hours without a GPU)")
+    other = "full" if m == "quick" else "quick"
+    return f"make book: {m} mode ({why}) on {device_description()}: {what}. CAPSBOOK_MODE={other} forces {other} mode."
 

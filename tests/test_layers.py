@@ -81,6 +81,18 @@ def test_official_primary_capsules_scale_the_conv_by_one_over_the_types(rng):
     assert PrimaryCaps.from_config(pc.get_config()).conv_scale == 1 / 4
 
 
+@pytest.mark.parametrize("init", ["official", "keras"])
+def test_no_two_layers_start_from_the_same_draws(init):
+    # An unseeded Keras initializer returns the same numbers at every call: layers must not share one.
+    keras.utils.set_random_seed(0)
+    m = capslib.CapsNet(init=init)
+    kernels = [m.conv1.kernel, m.primary_caps.conv.kernel, m.digit_caps.W] + [d.kernel for d in m.decoder.dense]
+    starts = [to_np(k).ravel()[:500] for k in kernels]
+    for a in range(len(starts)):
+        for b in range(a):
+            assert not np.allclose(starts[a], starts[b]), (kernels[a].path, kernels[b].path)
+
+
 def test_keras_initialisation_is_capslibs_former_default():
     keras.utils.set_random_seed(0)
     m = capslib.CapsNet(init="keras", use_bias=False)

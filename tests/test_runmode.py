@@ -62,3 +62,14 @@ def test_describe_and_model_note_name_mode_data_and_machine(env):
         "reference model `mnist` (8,215,728 parameters): trained by `make reference-models`, 23 epochs on "
         "7,996 digits; accuracy 99.10% on held-out data; CPU (2 cores) via tensorflow, "
         "2026-12-02 06:00 UTC, commit 0123456")
+
+
+@pytest.mark.parametrize("gpus, expected", [((), "quick"), (("NVIDIA H200",), "full")])
+def test_book_banner_says_mode_reason_and_the_switch(env, gpus, expected):
+    env.setattr(runmode, "_gpus_cached", lambda: gpus)
+    line = runmode.book_banner()
+    assert line.startswith(f"make book: {expected} mode (auto: ")
+    assert ("reference models" in line) == (expected == "quick")
+    assert line.endswith(f"CAPSBOOK_MODE={'full' if expected == 'quick' else 'quick'} forces "
+                         f"{'full' if expected == 'quick' else 'quick'} mode.")
+
