@@ -97,6 +97,68 @@ def test_keras2_compile_hands_the_loss_labels_of_shape_batch_1(rng):
     assert fixed["trace"]["y_true"] == [[32, 10], "float32"] and "error" not in fixed
 
 
+@pytest.mark.skipif(importlib.util.find_spec("tf_keras") is None, reason="tf-keras (Keras 2) not installed")
+def test_seed_port_network_under_keras2_broadcasts_its_loss_and_refuses_the_accuracy_class(rng):
+    """The port's own network (batch 128), one step per run: compile hands its loss (128, 1) labels
+    and the loss broadcasts to (128, 128, 10); the author's train_step hands it (128,); the Accuracy
+    class (what TF 2.5 made of the string 'Accuracy') stops fit; W starts at TF2's stddev 0.05."""
+    x = rng.uniform(0, 1, (128, 28, 28, 1)).astype("float32")
+    y = rng.integers(0, 10, 128)
+    out = pitfalls.run_seed_port_demo(x, y, x[:8], y[:8], steps=1, eval_every=1)
+    posted, override, accuracy_class = out["runs"]
+    assert posted["trace"] == {"y_true": [[128, 1], "int32"], "one_hot": [128, 1, 10], "per_class_loss": [128, 128, 10]}
+    assert override["trace"]["per_class_loss"] == [128, 10]
+    assert "error" not in posted and "error" not in override
+    assert "Shapes (128, 1) and (128, 10) are incompatible" in accuracy_class["error"]
+    for run in (posted, override):
+        assert abs(run["W_std_initial"] - 0.05) < 0.002
+
+
+def test_seed_digit_stage_is_the_ports_routing(rng):
+    """With one iteration (couplings 1/10) the port's stage is: s = Σ_i û / 10 laid out (B, 16, 10),
+    squashed over the classes (pitfall 4's squash_wrong_axis), lengths over the 16 dims."""
+    import tensorflow as tf
+    u = rng.normal(0, 0.5, (3, 1152, 10, 8, 1)).astype("float32")
+    W = rng.normal(0, 0.05, (1, 1152, 10, 16, 8)).astype("float32")
+    got = pitfalls.seed_digit_stage(tf, u, W, stored_batch=1, iterations=1).numpy()
+    u_hat = np.einsum("ijde,bije->bijd", W[0], u[..., 0])                  # (3, 1152, 10, 16)
+    s = np.transpose(u_hat.sum(axis=1) / 10, (0, 2, 1))                      # (3, 16, 10)
+    want = np.linalg.norm(_np(pitfalls.squash_wrong_axis(s)), axis=1)        # (3, 10)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_seed_digit_stage_built_with_batch_1_broadcasts_and_tiles_w_once(rng):
+    """The port builds with batch 1: its logits (1, 1152, 16, 10) broadcast over any batch. Had it been
+    built with the training batch, any other batch (a last partial one) would fail."""
+    import tensorflow as tf
+    W = rng.normal(0, 0.05, (1, 1152, 10, 16, 8)).astype("float32")
+    for batch in (1, 3, 8):
+        u = rng.normal(size=(batch, 1152, 10, 8, 1)).astype("float32")
+        assert tuple(pitfalls.seed_digit_stage(tf, u, W, stored_batch=1).shape) == (batch, 10)
+    with pytest.raises(Exception):
+        pitfalls.seed_digit_stage(tf, rng.normal(size=(3, 1152, 10, 8, 1)).astype("float32"), W, stored_batch=8)
+
+
+def test_recorded_tf25_runs_error_as_posted_and_show_the_loss_at_chance():
+    rec = pitfalls.SEED_TF25_RECORDED
+    assert rec["tensorflow"] == "2.5.0" and rec["random_normal_defaults"]["tf.random_normal_initializer"] == 0.05
+    runs = {(r["train_step"], r["metric"]): r for r in rec["runs"]}
+    for key in (("compile", "Accuracy"), ("override", "Accuracy")):     # the code as posted: no number at all
+        assert "incompatible" in runs[key]["error"] and runs[key]["metric_chosen"] == "accuracy = Accuracy(accuracy)"
+    posted, override = runs["compile", "accuracy"], runs["override", "accuracy"]
+    assert posted["trace"]["per_class_loss"] == [128, 128, 10]
+    assert max(posted["heldout_accuracy"]) < 0.25                        # chance, from the loss
+    assert override["heldout_accuracy"][-1] > posted["heldout_accuracy"][-1] + 0.3
+
+
+def test_recorded_keras2_seed_runs_show_chance_for_compile_and_learning_for_the_override():
+    posted, override, accuracy_class = pitfalls.SEED_KERAS2_RECORDED["runs"]
+    assert posted["trace"]["per_class_loss"] == [128, 128, 10] and override["trace"]["per_class_loss"] == [128, 10]
+    assert max(posted["heldout_accuracy"]) < 0.2 < 0.5 < override["heldout_accuracy"][-1]
+    assert "incompatible" in accuracy_class["error"]
+    assert "tf-keras 2.21.0" in pitfalls.SEED_KERAS2_RECORDED["provenance"]
+
+
 # --------------------------------------------------------------------------- 2. softmax on lengths
 
 def test_softmax_on_lengths_puts_a_floor_under_the_margin_loss(rng):
@@ -216,7 +278,28 @@ def test_tiled_digitcaps_peak_memory_is_larger():
     assert tiled["step_peak_mib"] > right["step_peak_mib"] + 100
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
+def test_seed_digit_stage_peak_memory_is_larger_than_capslib():
+    """The port tiles u ×10 and v ×1152 (not W): still more memory per step than capslib's einsum."""
+    mem = pitfalls.measure_step_memory(("capslib", "seed"), batch_size=16)
+    assert mem["seed"]["step_peak_mib"] > mem["capslib"]["step_peak_mib"] + 20
+
+
 # --------------------------------------------------------------------------- 7. W stddev
+
+def test_tf2_random_normal_initializer_default_is_0_05_read_from_tensorflow():
+    """The port's W came from tf.random_normal_initializer(): stddev 0.05 in TF 2, not TF 1's 1.0."""
+    import inspect
+
+    import tensorflow as tf
+    d = pitfalls.tf_random_normal_defaults()
+    assert d["tf.random_normal_initializer"] == 0.05
+    assert d["tf.compat.v1.random_normal_initializer"] == 1.0
+    signature = inspect.signature(tf.random_normal_initializer)
+    assert d["tf.random_normal_initializer"] == signature.parameters["stddev"].default
+    w = tf.random_normal_initializer(seed=0)((1152, 10, 16, 8)).numpy()
+    assert abs(float(w.std()) - 0.05) < 0.001
+
 
 def test_w_stddev_1_saturates_lengths_and_couplings(rng):
     u = capslib.squash(rng.normal(size=(4, 1152, 8)).astype("float32"))
@@ -259,3 +342,60 @@ def test_recorded_keras2_run_shows_the_broadcast_and_chance_accuracy():
     assert max(port["heldout_accuracy"]) < 0.3 < 0.7 < fixed["heldout_accuracy"][-1]
     assert "incompatible" in accuracy_class["error"]
     assert "tf-keras 2.21.0" in pitfalls.KERAS2_RECORDED["provenance"]
+
+
+# --------------------------------------------------------------------------- 9. primary capsules across positions
+
+def _position_channel_labels():
+    """(1, 6, 6, 256) with value (row·6 + col)·1000 + channel, and a decoder value → (row, col, channel)."""
+    rows, cols = np.meshgrid(np.arange(6), np.arange(6), indexing="ij")
+    labels = ((rows * 6 + cols)[None, :, :, None] * 1000 + np.arange(256)).astype("float32")
+    return labels, lambda v: (int(v) // 1000 // 6, int(v) // 1000 % 6, int(v) % 1000)
+
+
+def test_seed_primary_capsules_are_one_channel_at_eight_positions():
+    labels, where = _position_channel_labels()
+    caps = np.asarray(pitfalls.seed_primary_capsules(np, labels))
+    assert caps.shape == (1, 1152, 8)
+    assert [where(v) for v in caps[0, 0]] == [(0, 0, 0), (0, 1, 0), (0, 2, 0), (0, 3, 0), (0, 4, 0), (0, 5, 0),
+                                              (1, 0, 0), (1, 1, 0)]
+    # capsule 4 runs off the end of channel 0's map into channel 32 (= dim 1 of type 0)
+    assert [where(v) for v in caps[0, 4]] == [(5, 2, 0), (5, 3, 0), (5, 4, 0), (5, 5, 0), (0, 0, 32), (0, 1, 32),
+                                              (0, 2, 32), (0, 3, 32)]
+    channels, positions = caps[0] % 1000, caps[0] // 1000
+    assert (positions.min(axis=1) != positions.max(axis=1)).all()           # every capsule spans positions
+    assert int((channels.min(axis=1) != channels.max(axis=1)).sum()) == 128  # 4 per type span two channels
+    # capslib's grouping: 8 channels t·8 … t·8 + 7 at ONE position
+    ours = np.asarray(ops.convert_to_numpy(ops.reshape(labels, (-1, 1152, 8))))[0]
+    assert ((ours // 1000).min(axis=1) == (ours // 1000).max(axis=1)).all()
+    # the same function on tf and keras.ops
+    import tensorflow as tf
+    np.testing.assert_array_equal(pitfalls.seed_primary_capsules(tf, tf.constant(labels)).numpy(), caps)
+    np.testing.assert_array_equal(ops.convert_to_numpy(pitfalls.seed_primary_capsules(ops, labels)), caps)
+
+
+def test_seed_grouping_is_not_a_relabelling_of_the_channels():
+    """Chapter 3: any regrouping of the 256 channels at one position is a permutation of the filters.
+    The port's is not: no permutation of the channels makes its capsules from one position each."""
+    labels, _ = _position_channel_labels()
+    caps = np.asarray(pitfalls.seed_primary_capsules(np, labels))[0]
+    for perm in (np.arange(256), np.random.default_rng(0).permutation(256)):
+        permuted = np.asarray(pitfalls.seed_primary_capsules(np, labels[..., perm]))[0]
+        assert ((permuted // 1000).min(axis=1) != (permuted // 1000).max(axis=1)).all()
+    assert caps.shape == (1152, 8)
+
+
+def test_seed_grouping_primary_caps_differs_from_capslib_only_in_the_grouping(rng):
+    features = rng.uniform(0, 1, (2, 20, 20, 256)).astype("float32")
+    right, wrong = capslib.PrimaryCaps(name="p"), pitfalls.SeedGroupingPrimaryCaps(name="q")
+    right.build(features.shape)
+    wrong.build(features.shape)
+    wrong.conv.set_weights(right.conv.get_weights())
+    conv = _np(right.conv(features))
+    u_wrong = _np(wrong(features))
+    np.testing.assert_allclose(u_wrong, _np(capslib.squash(pitfalls.seed_primary_capsules(np, conv))), atol=1e-6)
+    assert np.abs(u_wrong - _np(right(features))).max() > 0.1
+    model = pitfalls.capsnet_seed_grouping(conv_filters=16, primary_types=4, decoder_hidden=(8, 8))
+    assert isinstance(model.primary_caps, pitfalls.SeedGroupingPrimaryCaps)
+    lengths, recon = model(rng.uniform(0, 1, (2, 28, 28, 1)).astype("float32"))
+    assert lengths.shape == (2, 10) and recon.shape == (2, 28, 28, 1)
