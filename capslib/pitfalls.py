@@ -658,12 +658,12 @@ def squash_wrong_axis(s):
 class UnsquashedPrimaryCaps(PrimaryCaps):
     """WRONG on purpose: :class:`capslib.PrimaryCaps` without the squash.
 
-    conv ``(batch, 6, 6, 256)`` → reshape ``(batch, 1152, 8)`` and nothing else: the primary
+    pre-activation ``(batch, 6, 6, 256)`` → reshape ``(batch, 1152, 8)`` and nothing else: the primary
     capsules' lengths are whatever the convolution outputs, not probabilities in [0, 1).
     """
 
     def call(self, features):
-        x = self.conv(features)                                         # (batch, 6, 6, 256)
+        x = self.preactivation(features)                                # (batch, 6, 6, 256): conv·scale + bias
         _, oh, ow, _ = static_shape(x)
         u = ops.reshape(x, (-1, oh * ow * self.num_types, self.dim))     # (batch, 1152, 8), not squashed
         check_shape(u, ("batch", oh * ow * self.num_types, self.dim), self.name, "primary capsules")
@@ -681,7 +681,8 @@ def _capsnet_with_primary(primary_class, name, kwargs):
                 p = self.primary_caps
                 self.primary_caps = primary_class(p.num_types, p.dim, p.kernel_size, p.strides,
                                                   kernel_initializer=p.kernel_initializer,
-                                                  bias_initializer=p.bias_initializer, name=name)
+                                                  bias_initializer=p.bias_initializer,
+                                                  conv_scale=p.conv_scale, name=name)
             super().build(input_shape)
 
     return CapsNetVariant(**kwargs)
@@ -874,7 +875,7 @@ class SeedGroupingPrimaryCaps(PrimaryCaps):
     """
 
     def call(self, features):
-        x = self.conv(features)                                         # (batch, 6, 6, 256)
+        x = self.preactivation(features)                                # (batch, 6, 6, 256): conv·scale + bias
         u = squash(seed_primary_capsules(ops, x, self.num_types, self.dim))   # (batch, 1152, 8)
         check_shape(u, ("batch", static_shape(x)[1] * static_shape(x)[2] * self.num_types, self.dim),
                     self.name, "primary capsules", ("batch", "in_caps", "in_dim"))

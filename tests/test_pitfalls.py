@@ -238,7 +238,7 @@ def test_unsquashed_primary_caps_are_not_bounded(rng):
     wrong = pitfalls.UnsquashedPrimaryCaps(name="q")
     right.build(features.shape)
     wrong.build(features.shape)
-    wrong.conv.set_weights([w * 10 for w in right.conv.get_weights()])
+    wrong.set_weights([w * 10 for w in right.get_weights()])          # conv kernel and bias, ×10
     u_right, u_wrong = _np(right(features)), _np(wrong(features))
     assert u_wrong.shape == u_right.shape == (2, 1152, 8)
     assert np.linalg.norm(u_right, axis=-1).max() < 1.0
@@ -390,8 +390,8 @@ def test_seed_grouping_primary_caps_differs_from_capslib_only_in_the_grouping(rn
     right, wrong = capslib.PrimaryCaps(name="p"), pitfalls.SeedGroupingPrimaryCaps(name="q")
     right.build(features.shape)
     wrong.build(features.shape)
-    wrong.conv.set_weights(right.conv.get_weights())
-    conv = _np(right.conv(features))
+    wrong.set_weights(right.get_weights())                            # the same conv kernel and bias
+    conv = _np(right.preactivation(features))
     u_wrong = _np(wrong(features))
     np.testing.assert_allclose(u_wrong, _np(capslib.squash(pitfalls.seed_primary_capsules(np, conv))), atol=1e-6)
     assert np.abs(u_wrong - _np(right(features))).max() > 0.1
