@@ -15,8 +15,11 @@ Variants, each measured in its own subprocess so that peak memory belongs to one
            whose backward is hand-written: dL/dû as one batched matmul)
   autodiff the same forward, with routing differentiated by TensorFlow's autodiff instead
            (``dynamic_routing(..., autodiff=True)``): shows what the hand-written backward buys
-  tiled    the BASELINE, as the widely-read TF2 port wrote it: W tiled to (batch, 1152, 10, 16, 8),
-           u to (batch, 1152, 10, 8, 1), one batched tf.matmul, routing on (batch, 1152, 10) logits.
+  tiled    the BASELINE, the tiled formulation some ports use (naturomics/CapsNet-Tensorflow's
+           capsLayer.py: ``W = tf.tile(W, [cfg.batch_size, 1, 1, 1, 1])``): W tiled to
+           (batch, 1152, 10, 16, 8), u to (batch, 1152, 10, 8, 1), one batched tf.matmul, routing
+           on (batch, 1152, 10) logits. (The TF2 port the book answers tiles u ×10 and v ×1152; it
+           builds its model with batch 1, so its tile of W is a single copy: see the pitfalls chapter.)
 
 Then, for context, a full ``capslib.CapsNet`` training step (compile(Adam, margin_loss) +
 train_on_batch), also in its own subprocess.
@@ -86,7 +89,7 @@ def reset_peak_rss():
 
 
 # ---------------------------------------------------------------------------------------------
-# The BASELINE: the tiled formulation of the widely-read TF2 port (TF-only reference code)
+# The BASELINE: the tiled formulation some ports use, W copied per example (TF-only reference code)
 # ---------------------------------------------------------------------------------------------
 
 def tiled_squash(s, axis=-1, eps=1e-7):

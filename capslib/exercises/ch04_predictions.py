@@ -228,7 +228,7 @@ check_tiled_W_bytes = register(Exercise(
                 "overflow) or int64.",
                 wrong=lambda b, h=28, w=28, n=4: _int32(b, _caps(h, w), 10, 16, 8, n)),
     ],
-    task=("The TF2 port's formulation (b) copies `W` once per example, to `(batch, in_caps, 10, 16, 8)`. Write "
+    task=("Formulation (b), which some ports use (naturomics/CapsNet-Tensorflow among them), copies `W` once per example, to `(batch, in_caps, 10, 16, 8)`. Write "
           "`my_tiled_W_bytes(batch, height=28, width=28, bytes_per_number=4)`: how many **bytes** that tiled tensor "
           "takes for a CapsNet on `height`×`width` images (conv1 256@9×9, the primary conv 256@9×9 stride 2 read "
           "as 32 types × 8 dims, 10 digit capsules of 16 dims). How many GiB (÷ 2**30) is that for CIFAR-10 "
