@@ -132,6 +132,11 @@ def numpy_int64(batch, height=28, width=28, bytes_per_number=4):
 
 
 @right("4.2")
+def numpy_int64_scalar(batch, height=28, width=28, bytes_per_number=4):
+    return np.prod(np.array([batch, _caps(height, width), 10, 16, 8, bytes_per_number], dtype=np.int64))
+
+
+@right("4.2")
 def via_capslib(batch, height=28, width=28, bytes_per_number=4):
     import keras
 

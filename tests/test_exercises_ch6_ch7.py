@@ -361,6 +361,11 @@ def decoder_to_a_square_image(image_shape=(28, 28, 1), conv_filters=256, primary
     return _counts((h, h, c), conv_filters, primary_types, primary_dim, num_classes, digit_dim, digit_bias)
 
 
+@right("6.5")
+def numpy_integers_pair(num_classes, capsule_dim, image_shape):
+    return (np.int64(num_classes) * capsule_dim, np.prod(np.array(image_shape, dtype=np.int64)))
+
+
 @right("6.6")
 def from_capslib(image_shape=(28, 28, 1), conv_filters=256, primary_types=32, primary_dim=8, num_classes=10,
                  digit_dim=16, digit_bias=False):
@@ -444,6 +449,12 @@ def drops_by_default(n_images, batch_size, drop_remainder=True):
 @wrong("7.1")
 def rounded(n_images, batch_size, drop_remainder=False):
     return round(n_images / batch_size)
+
+
+@right("7.1")
+def numpy_integer(n_images, batch_size, drop_remainder=False):
+    n, b = np.int64(n_images), np.int64(batch_size)
+    return n // b if drop_remainder else -(-n // b)
 
 
 @right("7.1")

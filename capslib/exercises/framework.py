@@ -89,10 +89,31 @@ def _none(what):
     return None, f"{what} is None — did you forget `return`?", "returned_none"
 
 
+INT_NOTE = "a NumPy integer is fine too, a float is not"          # what Int accepts, in every task's text
+INTS_NOTE = "NumPy integers are fine too, floats are not"
+
+
+def _holds_ints(spec):
+    """Does a return type hold ints (so its text must say that NumPy integers pass and floats do not)?"""
+    if isinstance(spec, (Int, ShapeTuple)):
+        return True
+    if isinstance(spec, Tuple):
+        return any(_holds_ints(s) for s in spec.items)
+    if isinstance(spec, Dict):
+        return any(_holds_ints(s) for s in spec.keys.values())
+    return False
+
+
+def _with_int_note(text, specs):
+    if any(_holds_ints(s) for s in specs) and "NumPy integer" not in text:
+        return f"{text} ({INTS_NOTE})"
+    return text
+
+
 class Int(Returns):
     """A Python ``int`` (a NumPy integer scalar is accepted; a float, even 20.0, is not)."""
 
-    text = "an `int`"
+    text = f"an `int` ({INT_NOTE})"
 
     def __init__(self, text=None):
         self.text = text or self.text
@@ -168,7 +189,8 @@ class Tuple(Returns):
     """A Python ``tuple`` of items (a list is not a tuple)."""
 
     def __init__(self, items, text):
-        self.items, self.text = list(items), text
+        self.items = list(items)
+        self.text = _with_int_note(text, self.items)
 
     def normalize(self, value, what="your output"):
         if value is None:
@@ -189,7 +211,7 @@ class Tuple(Returns):
 class ShapeTuple(Returns):
     """A shape: a Python ``tuple`` of ints (its length is compared with the reference's)."""
 
-    text = "a `tuple` of ints"
+    text = f"a `tuple` of ints ({INTS_NOTE})"
 
     def __init__(self, text=None):
         self.text = text or self.text
@@ -212,7 +234,8 @@ class Dict(Returns):
     """A ``dict`` with (at least) the given keys, each value of its own type."""
 
     def __init__(self, keys, text):
-        self.keys, self.text = dict(keys), text
+        self.keys = dict(keys)
+        self.text = _with_int_note(text, self.keys.values())
 
     def normalize(self, value, what="your output"):
         if value is None:
