@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from capslib import exercises as E
 from test_exercises_ch2_ch3 import run_right, run_wrong
 
 WRONG, RIGHT = [], []
@@ -45,6 +46,16 @@ def epsilon_1e4(v):
     return np.sqrt(np.sum(v ** 2, axis=-1) + 1e-4)
 
 
+@wrong("6.1", "epsilon_too_big")
+def epsilon_1e6(v):                                      # the review's case: a zero capsule 1e-3 long
+    return np.sqrt(np.sum(v ** 2, axis=-1) + 1e-6)
+
+
+@wrong("6.1", ("not", "epsilon_too_big"))
+def epsilon_3e6(v):
+    return np.sqrt(np.sum(v ** 2, axis=-1) + 3e-6)
+
+
 @wrong("6.1")
 def max_abs_component(v):
     return np.abs(v).max(-1)
@@ -63,6 +74,30 @@ def ten_classes_hard_coded(v):
 @right("6.1")
 def epsilon_1e7_inside(v):                              # the issue's false rejection
     return np.sqrt(np.sum(v ** 2, axis=-1) + 1e-7)
+
+
+@right("6.1")
+def epsilon_1e9_inside(v):                              # within the allowance the task states
+    return np.sqrt(np.sum(v ** 2, axis=-1) + 1e-9)
+
+
+@right("6.1")
+def floor_of_1e7_inside(v):                             # sqrt(max(|v|², 1e-7)): between |v| and sqrt(|v|² + 1e-7)
+    return np.sqrt(np.maximum(np.sum(v ** 2, axis=-1), 1e-7))
+
+
+def test_lengths_task_states_what_is_checked():
+    """The review: the task spoke of capsules of length 1e-4 but accepted 1e-7 inside the sqrt
+    without saying so. It now states the allowance, and a wrong epsilon hears the exact value."""
+    task = E.exercise("6.1").task
+    assert "at most 1e-7 inside the square root" in task and "3.2e-4" in task
+    assert "(batch, out_caps)" in E.exercise("6.1").contract()
+    v = E.check_capsule_lengths(epsilon_3e6, quiet=True)
+    text = " ".join(v.message.split())
+    assert "the exact value is 0 " in text and "allows up to 0.000316228" in text, v.message
+    assert "expected 0.000316228" not in text, v.message
+    v = E.check_capsule_lengths(lambda v: np.linalg.norm(v, axis=-1) + 1e-4, quiet=True)
+    assert "expected 0.9" in " ".join(v.message.split()), v.message
 
 
 @right("6.1")

@@ -261,11 +261,13 @@ class Dict(Returns):
 
 @dataclass(frozen=True)
 class Band:
-    """A reference that may lie anywhere between ``lo`` and ``hi`` (e.g. the exact value and the
-    value with a safety epsilon of SAFETY_EPS), elementwise, plus the usual tolerance."""
+    """A reference that may lie anywhere between ``lo``, the exact value, and ``hi`` (e.g. the value with
+    a safety epsilon of SAFETY_EPS), elementwise, plus the usual tolerance. ``allowance`` says in words
+    what moves a value from lo towards hi (for the messages: "expected" is always the exact value)."""
 
     lo: np.ndarray
     hi: np.ndarray
+    allowance: str = "what the task allows"
 
     @property
     def shape(self):
@@ -832,13 +834,23 @@ def _value_message(run, i):
         if isinstance(w, (np.ndarray, Band)):
             if g.shape != w.shape:
                 return _shape_message(g, w if isinstance(w, np.ndarray) else w.hi, dims, name)
-            w64 = w.hi if isinstance(w, Band) else w
+            w64 = w.lo if isinstance(w, Band) else w          # the exact value
             bad = ~np.isfinite(g)
             if bad.any():
                 idx = tuple(int(k) for k in np.argwhere(bad)[0])
                 return (f"{name} has NaN or inf at index {idx} ({int(bad.sum())} such entries) where "
                         f"{run.ex.reference_name} gives {w64[idx]:.6g}. A division by zero, or the sqrt of a "
                         f"negative number?")
+            if isinstance(w, Band):
+                lo, hi = np.minimum(w.lo, w.hi), np.maximum(w.lo, w.hi)
+                out = np.maximum(lo - g, g - hi)                # how far outside the allowed range
+                idx = tuple(int(k) for k in np.unravel_index(np.argmax(out), out.shape))
+                if abs(w.hi[idx] - w.lo[idx]) < 0.1 * out[idx]:       # the allowance does not matter there
+                    return (f"wrong values in {name}: the largest difference from {run.ex.reference_name} is "
+                            f"{out[idx]:.3g}, at index {idx} (expected {w.lo[idx]:.6g}, got {g[idx]:.6g}).")
+                return (f"wrong values in {name}: at index {idx} the exact value is {w.lo[idx]:.6g} and "
+                        f"{w.allowance} allows up to {w.hi[idx]:.6g}, but you gave {g[idx]:.6g} — "
+                        f"{out[idx]:.3g} outside that range, the largest gap of your output.")
             diff = np.abs(g - w64)
             idx = tuple(int(k) for k in np.unravel_index(np.argmax(diff), diff.shape))
             return (f"wrong values in {name}: the largest difference from {run.ex.reference_name} is "
