@@ -506,41 +506,83 @@ def counted(n_images, batch_size, drop_remainder=False):
 # =========================================================================== 7.2 learning rate at an epoch
 
 
+def _spe(n_images, batch_size):
+    return -(-n_images // batch_size)
+
+
 @wrong("7.2")
-def floor_at_1e4(epoch, n_images=60000, batch_size=128):
-    return max(1e-3 * 0.96 ** (epoch * -(-n_images // batch_size) / 2000), 1e-4)
+def floor_at_1e4(epoch, n_images=60000, batch_size=128, decay_steps=2000):
+    return max(1e-3 * 0.96 ** (epoch * _spe(n_images, batch_size) / decay_steps), 1e-4)
 
 
 @wrong("7.2", "steps_rounded_down")
-def steps_floored(epoch, n_images=60000, batch_size=128):
-    return 1e-3 * 0.96 ** (epoch * (n_images // batch_size) / 2000)
+def steps_floored(epoch, n_images=60000, batch_size=128, decay_steps=2000):
+    return 1e-3 * 0.96 ** (epoch * (n_images // batch_size) / decay_steps)
 
 
 @wrong("7.2", "wrong_default")
-def batch_100_by_default(epoch, n_images=60000, batch_size=100):
-    return 1e-3 * 0.96 ** (epoch * -(-n_images // batch_size) / 2000)
+def batch_100_by_default(epoch, n_images=60000, batch_size=100, decay_steps=2000):
+    return 1e-3 * 0.96 ** (epoch * _spe(n_images, batch_size) / decay_steps)
+
+
+@wrong("7.2", "wrong_default")
+def decay_1000_by_default(epoch, n_images=60000, batch_size=128, decay_steps=1000):
+    return 1e-3 * 0.96 ** (epoch * _spe(n_images, batch_size) / decay_steps)
 
 
 @wrong("7.2", "wrong_type")
-def as_an_array(epoch, n_images=60000, batch_size=128):
-    return np.array([1e-3 * 0.96 ** (epoch * -(-n_images // batch_size) / 2000)])
+def as_an_array(epoch, n_images=60000, batch_size=128, decay_steps=2000):
+    return np.array([1e-3 * 0.96 ** (epoch * _spe(n_images, batch_size) / decay_steps)])
 
 
 @wrong("7.2")
-def steps_as_float(epoch, n_images=60000, batch_size=128):
-    return 1e-3 * 0.96 ** (epoch * n_images / batch_size / 2000)
+def steps_as_float(epoch, n_images=60000, batch_size=128, decay_steps=2000):
+    return 1e-3 * 0.96 ** (epoch * n_images / batch_size / decay_steps)
+
+
+@wrong("7.2", "off_by_one_step")
+def last_step_of_the_epoch_before(epoch, n_images=60000, batch_size=128, decay_steps=2000):
+    """The review's false pass: with 2,000 steps per ×0.96 one step is 2e-5 relative."""
+    return 1e-3 * 0.96 ** ((epoch * _spe(n_images, batch_size) - 1) / decay_steps)
+
+
+@wrong("7.2", "off_by_one_step")
+def one_step_after_the_first(epoch, n_images=60000, batch_size=128, decay_steps=2000):
+    return 1e-3 * 0.96 ** ((epoch * _spe(n_images, batch_size) + 1) / decay_steps)
+
+
+@wrong("7.2", "off_by_one_step")
+def steps_counted_from_one(epoch, n_images=60000, batch_size=128, decay_steps=2000):
+    step = epoch * _spe(n_images, batch_size) + 1           # "the first step is step 1"
+    return 1e-3 * 0.96 ** (step / decay_steps)
+
+
+@wrong("7.2", "decay_steps_ignored")
+def period_hard_coded(epoch, n_images=60000, batch_size=128, decay_steps=2000):
+    return 1e-3 * 0.96 ** (epoch * _spe(n_images, batch_size) / 2000)
+
+
+@wrong("7.2", "signature_mismatch")
+def the_old_signature(epoch, n_images=60000, batch_size=128):
+    return 1e-3 * 0.96 ** (epoch * _spe(n_images, batch_size) / 2000)
 
 
 @right("7.2")
-def keras_schedule(epoch, n_images=60000, batch_size=128):
+def keras_schedule(epoch, n_images=60000, batch_size=128, decay_steps=2000):
     import keras
-    schedule = keras.optimizers.schedules.ExponentialDecay(1e-3, decay_steps=2000, decay_rate=0.96)
+    schedule = keras.optimizers.schedules.ExponentialDecay(1e-3, decay_steps=decay_steps, decay_rate=0.96)
     return float(schedule(epoch * math.ceil(n_images / batch_size)))
 
 
 @right("7.2")
-def exp_form(epoch, n_images=60000, batch_size=128):
-    return 1e-3 * math.exp(epoch * -(-n_images // batch_size) / 2000 * math.log(0.96))
+def exp_form(epoch, n_images=60000, batch_size=128, decay_steps=2000):
+    return 1e-3 * math.exp(epoch * _spe(n_images, batch_size) / decay_steps * math.log(0.96))
+
+
+@right("7.2")
+def step_by_step(epoch, n_images=60000, batch_size=128, decay_steps=2000):
+    lr, per_step = 1e-3, 0.96 ** (1 / decay_steps)
+    return lr * per_step ** (epoch * _spe(n_images, batch_size))
 
 
 # =========================================================================== 7.3 the port's loss, fixed

@@ -1086,6 +1086,17 @@ def _error_matches(m, text, run, i):
     return re.search(m.error, text, re.S) is not None
 
 
+def _raised_by_the_call(e):
+    """A TypeError raised while binding the arguments (no frame of the function itself ran)?"""
+    if not isinstance(e, TypeError) or e.__traceback__ is None:
+        return False
+    import traceback
+    frames = traceback.extract_tb(e.__traceback__)
+    return (bool(frames) and os.path.abspath(frames[-1].filename) == os.path.abspath(__file__)
+            and re.search(r"positional argument|unexpected keyword argument|required (positional|keyword)", str(e))
+            is not None)
+
+
 def _judge_errors(run, errs):
     ex, n = run.ex, run.n
     i = errs[0]
@@ -1099,6 +1110,11 @@ def _judge_errors(run, errs):
             f"when the defaulted ones were left out. The task's signature is {ex.signature}: "
             + ("give those arguments their defaults." if missing else "check your default values.")),
             "default_missing" if missing else "wrong_default", run.label(k))
+    if _raised_by_the_call(run.outcomes[i].error):
+        return verdict(ex, "mistake", (
+            f"your function cannot be called with the task's arguments — {short(text)}. The task's signature is "
+            f"{ex.signature}: give your function exactly these parameters, in this order."),
+            "signature_mismatch", run.label(i))
     for m in ex.mistakes:
         if _error_matches(m, text, run, i):
             return verdict(ex, "mistake", _hint(m) + f"\n  (your function raised {short(text)})", m.name,
