@@ -8,8 +8,9 @@ One :class:`Exercise` per task. A checker made by :func:`register` runs :func:`j
 2. rejects an answer that changes its inputs in place, returns something other than the type
    the task states (:class:`Int`, :class:`Number`, :class:`Array`, :class:`Tuple`, :class:`Dict`,
    :class:`ShapeTuple`), breaks an instruction of the task (``forbid``: a function that must not
-   be called, e.g. an einsum; ``numpy_only``; ``track_memory``: no copy of a weight per example),
-   or fails an exercise's extra check (e.g. squash's gradient at zero);
+   be called, e.g. an einsum; ``numpy_only``; ``keras_ops_only``: no TensorFlow, JAX or torch named
+   in the code; ``track_memory``: no copy of a weight per example), or fails an exercise's extra
+   check (e.g. squash's gradient at zero, taken as JAX and PyTorch take it on every backend);
 3. compares the values with the exercise's reference under one tolerance policy (:func:`close`);
 4. names a catalogued :class:`Mistake` only when that mistake reproduces your output on every
    case; otherwise describes what is wrong (shape in named dims, NaN, largest difference), and
@@ -19,9 +20,10 @@ One :class:`Exercise` per task. A checker made by :func:`register` runs :func:`j
 Tolerance policy, for every exercise: integers must be exact; a float (a number or an entry of an
 array) passes when ``|got - want| <= RTOL·|want| + ATOL·scale``, ``scale`` being the largest
 ``|want|`` of that output (1 if it is all zeros), compared in float64. A safety epsilon of at most
-``SAFETY_EPS`` = 1e-7 inside or outside a square root always passes (where it could move a value
-by more than the tolerance — a length at zero is ``sqrt(1e-7)`` — the reference is a :class:`Band`
-from the exact value to the value with that epsilon).
+``SAFETY_EPS`` = 1e-7 inside or outside a square root always passes in value (where it could move
+a value by more than the tolerance — a length at zero is ``sqrt(1e-7)``, a squashed capsule of
+length 0.01 moves by 5e-4 — the reference is a :class:`Band` from the exact value to the value with
+that epsilon); squash's gradient check still refuses one outside the sqrt (sqrt'(0) stays in the chain).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import re
 import sys
 import textwrap
 import tracemalloc
+import types
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -482,6 +485,7 @@ class Exercise:
     memory_weight: int = 1        # the argument whose per-example copies the memory check looks for
     forbid: tuple = ()            # (regex on a called function's name, mistake name, hint)
     numpy_only: bool = False      # calling TensorFlow/keras/JAX/torch is refused
+    keras_ops_only: bool = False  # code that names TensorFlow, JAX or torch itself is refused (keras.ops only)
     extra_checks: tuple = ()      # check(run) → None or (mistake name, hint): run on right values
     on_correct: Callable | None = None     # an extra line for a correct answer: on_correct(run) → str
     judge: Callable | None = None          # a custom verdict on wrong values: judge(run) → Verdict | None
@@ -663,6 +667,75 @@ class _Tracer:
         for p in self.patterns:
             if p.fullmatch(name):
                 self.hits.add(p.pattern)
+
+
+_BACKEND_LIBS = ("tensorflow", "jax", "jaxlib", "torch")
+_MISSING = object()
+
+
+def _library_of(obj):
+    """'tensorflow', 'jax' or 'torch' if obj is (or comes from) one of those modules, else None."""
+    if isinstance(obj, types.ModuleType):
+        name = obj.__name__
+    else:
+        try:
+            name = getattr(obj, "__module__", None) or type(obj).__module__ or ""
+        except Exception:  # noqa: BLE001
+            return None
+    root = str(name).split(".")[0]
+    return ("jax" if root == "jaxlib" else root) if root in _BACKEND_LIBS else None
+
+
+def _codes(code):
+    yield code
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            yield from _codes(c)
+
+
+def backend_libraries(fn):
+    """{library: the name that reaches it} for TensorFlow, JAX and torch named by fn's code: its imports,
+    the globals and closure variables it reads, and the helper functions of its own module it calls
+    (followed the same way). keras, capslib and NumPy are not listed — they are what a keras.ops answer uses."""
+    import dis
+    found, seen = {}, set()
+    module = getattr(fn, "__module__", None)
+
+    def check(obj, name):
+        lib = _library_of(obj)
+        if lib:
+            found.setdefault(lib, name)
+        elif isinstance(obj, types.FunctionType) and obj.__module__ == module:
+            visit(obj)
+
+    def visit(f):
+        if id(f) in seen or not isinstance(f, types.FunctionType):
+            return
+        seen.add(id(f))
+        glob = f.__globals__
+        builtins_ = glob.get("__builtins__", {})
+        builtins_ = builtins_ if isinstance(builtins_, dict) else vars(builtins_)
+        for name, cell in zip(f.__code__.co_freevars, f.__closure__ or ()):
+            try:
+                check(cell.cell_contents, name)
+            except ValueError:                      # an empty cell
+                pass
+        for code in _codes(f.__code__):
+            for ins in dis.get_instructions(code):
+                arg = ins.argval if isinstance(ins.argval, str) else ""
+                if ins.opname in ("IMPORT_NAME", "IMPORT_FROM") or ins.opname.startswith(("LOAD_ATTR", "LOAD_METHOD")):
+                    if arg.split(".")[0] in _BACKEND_LIBS:
+                        found.setdefault("jax" if arg.startswith("jaxlib") else arg.split(".")[0], arg)
+                elif ins.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+                    obj = glob.get(arg, builtins_.get(arg, _MISSING))
+                    if obj is not _MISSING:
+                        check(obj, arg)
+
+    try:
+        visit(fn)
+    except Exception:  # noqa: BLE001 — an unusual callable: nothing to say about it
+        return {}
+    return found
 
 
 def call(fn, args, track_memory=False, trace=None):
@@ -973,6 +1046,15 @@ def judge(ex: Exercise, fn) -> Verdict:
                 f"this exercise is NumPy only (the check measures the memory NumPy allocates, which it "
                 f"cannot see inside {', '.join(sorted(o.frameworks))}): write it with np.* functions and "
                 f"operators."), "not_numpy", run.label(i))
+
+    if ex.keras_ops_only:
+        used = backend_libraries(fn)
+        if used:
+            names = ", ".join(f"{lib} (`{how}`)" for lib, how in sorted(used.items()))
+            return verdict(ex, "mistake", (
+                f"your function uses {names} directly. The task asks for keras.ops, so that the same code runs "
+                f"on every backend Keras runs on — TensorFlow, JAX and PyTorch: ops.sum, ops.square, ops.sqrt, "
+                f"ops.where, … instead."), "not_keras_ops")
 
     # 5. the return type the task states
     for i in range(n):
