@@ -4,6 +4,7 @@ exercises of chapters 4 and 5, written as a student would from the task texts al
 import numpy as np
 import pytest
 
+from capslib import exercises as E
 from test_exercises_ch2_ch3 import run_right, run_wrong
 
 WRONG, RIGHT = [], []
@@ -207,10 +208,64 @@ def row_vectors(u, W):
     return (u[:, None, :, None, :] @ W.transpose(1, 0, 3, 2)[None])[..., 0, :]
 
 
-@right("4.3")
-def loop_over_examples(u, W):
+@wrong("4.3", "python_loop")
+def loop_over_examples(u, W):                # was accepted: the task now says one @ for the whole batch
     Wj = W.transpose(1, 0, 2, 3)
     return np.stack([(Wj @ x[None, :, :, None])[..., 0] for x in u])
+
+
+@wrong("4.3", "python_loop")
+def tensordot_per_input_capsule(u, W):       # the review's pass: no einsum, no copy, but 1152 tensordots
+    out = np.empty((u.shape[0], W.shape[1], W.shape[0], W.shape[2]), dtype=np.result_type(u, W))
+    for i in range(W.shape[0]):
+        out[:, :, i, :] = np.tensordot(u[:, i, :], W[i], axes=([1], [2]))
+    return out
+
+
+@wrong("4.3", "python_loop")
+def matmul_per_output_capsule(u, W):         # the review's other pass: a comprehension over out_caps
+    return np.stack([(W[:, j][None] @ u[..., None])[..., 0] for j in range(W.shape[1])], axis=1)
+
+
+def _one_capsule(u, W, j):
+    return (W[:, j][None] @ u[..., None])[..., 0]
+
+
+@wrong("4.3", "python_loop")
+def loop_through_a_helper(u, W):
+    out = [_one_capsule(u, W, j) for j in range(W.shape[1])]
+    return np.stack(out, axis=1)
+
+
+@wrong("4.3", "python_loop")
+def loop_over_in_dim(u, W):
+    Wj, acc = W.transpose(1, 0, 2, 3)[None], 0.0
+    for e in range(u.shape[2]):
+        acc = acc + Wj[..., e] * u[:, None, :, e, None]
+    return acc
+
+
+def test_broadcasting_task_states_its_rules():
+    task = " ".join(E.exercise("4.3").task.split())
+    assert "einsum" in task and "a copy of `W` per example" in task and "Python loop over the examples or the capsules" in task
+
+
+@right("4.3")
+def special_case_for_one_example(u, W):     # a branch is not a loop: a line or two more is fine
+    Wj = W.transpose(1, 0, 2, 3)
+    if u.shape[0] == 1:
+        col = u[0, None, :, :, None]
+        return (Wj @ col)[None, ..., 0]
+    return (Wj[None] @ u[:, None, :, :, None])[..., 0]
+
+
+@right("4.3")
+def in_a_helper(u, W):
+    return _broadcast(W.transpose(1, 0, 2, 3), u)
+
+
+def _broadcast(Wj, u):
+    return (Wj[None] @ u[:, None, :, :, None])[..., 0]
 
 
 # =========================================================================== 4.4 every shape

@@ -9,7 +9,8 @@ One :class:`Exercise` per task. A checker made by :func:`register` runs :func:`j
    the task states (:class:`Int`, :class:`Number`, :class:`Array`, :class:`Tuple`, :class:`Dict`,
    :class:`ShapeTuple`), breaks an instruction of the task (``forbid``: a function that must not
    be called, e.g. an einsum; ``numpy_only``; ``keras_ops_only``: no TensorFlow, JAX or torch named
-   in the code; ``track_memory``: no copy of a weight per example), or fails an exercise's extra
+   in the code; ``no_loops``: the lines of your code that run must not grow with the sizes;
+   ``track_memory``: no copy of a weight per example), or fails an exercise's extra
    check (e.g. squash's gradient at zero, taken as JAX and PyTorch take it on every backend);
 3. compares the values with the exercise's reference under one tolerance policy (:func:`close`);
 4. names a catalogued :class:`Mistake` only when that mistake reproduces your output on every
@@ -486,6 +487,7 @@ class Exercise:
     forbid: tuple = ()            # (regex on a called function's name, mistake name, hint)
     numpy_only: bool = False      # calling TensorFlow/keras/JAX/torch is refused
     keras_ops_only: bool = False  # code that names TensorFlow, JAX or torch itself is refused (keras.ops only)
+    no_loops: str = ""            # if set (the hint): a Python loop whose length grows with the sizes is refused
     extra_checks: tuple = ()      # check(run) → None or (mistake name, hint): run on right values
     on_correct: Callable | None = None     # an extra line for a correct answer: on_correct(run) → str
     judge: Callable | None = None          # a custom verdict on wrong values: judge(run) → Verdict | None
@@ -604,7 +606,7 @@ def describe_args(ex, args, npass=None):
 
 
 class _Outcome:
-    __slots__ = ("value", "error", "peak", "not_implemented", "modified", "frameworks", "called")
+    __slots__ = ("value", "error", "peak", "not_implemented", "modified", "frameworks", "called", "lines")
 
     def __init__(self):
         self.value = None
@@ -614,6 +616,7 @@ class _Outcome:
         self.modified = []
         self.frameworks = set()
         self.called = set()
+        self.lines = None                   # lines of your own code executed (when counted)
 
 
 def _copy(x):
@@ -738,13 +741,40 @@ def backend_libraries(fn):
     return found
 
 
-def call(fn, args, track_memory=False, trace=None):
+def _is_library(filename):
+    return ("site-packages" in filename or "dist-packages" in filename or "/lib/python" in filename
+            or os.path.abspath(filename).startswith(PACKAGE_DIR) or filename.startswith("<frozen"))
+
+
+class _LineCounter:
+    """A sys.settrace hook: how many lines of the student's own code (not a library's, not this
+    package's) ran — a Python loop over the data makes it grow with the sizes."""
+
+    def __init__(self):
+        self.lines = 0
+        self._library = {}
+
+    def __call__(self, frame, event, arg):
+        code = frame.f_code
+        lib = self._library.get(code)
+        if lib is None:
+            lib = self._library[code] = _is_library(code.co_filename)
+        return None if lib else self._local
+
+    def _local(self, frame, event, arg):
+        if event == "line":
+            self.lines += 1
+        return self._local
+
+
+def call(fn, args, track_memory=False, trace=None, count_lines=False):
     """fn(*args) on copies of args, NumPy warnings silenced (nothing may reach stderr in the book)."""
     passed = _copy(tuple(args))
     pristine = _copy(passed)
     out = _Outcome()
     started = False
     tracer = _Tracer(trace) if trace is not None else None
+    counter = _LineCounter() if count_lines else None
     value = None
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -757,18 +787,23 @@ def call(fn, args, track_memory=False, trace=None):
                     tracemalloc.start()
                     started = True
                     base = 0
-            old_profile = sys.getprofile()
+            old_profile, old_trace = sys.getprofile(), sys.gettrace()
             collecting = gc.isenabled()
             try:
-                if tracer is not None:
+                if tracer is not None or counter is not None:
                     gc.disable()                  # a finalizer run by the collector is not the student's call
+                if tracer is not None:
                     sys.setprofile(tracer)
+                if counter is not None:
+                    sys.settrace(counter)
                 value = fn(*passed)
             finally:
+                if counter is not None:
+                    sys.settrace(old_trace)
                 if tracer is not None:
                     sys.setprofile(old_profile)
-                    if collecting:
-                        gc.enable()
+                if (tracer is not None or counter is not None) and collecting:
+                    gc.enable()
                 if track_memory:
                     out.peak = tracemalloc.get_traced_memory()[1] - base
                     if started:
@@ -782,6 +817,8 @@ def call(fn, args, track_memory=False, trace=None):
         out.error = e
     if tracer is not None:
         out.called, out.frameworks = tracer.hits, tracer.frameworks
+    if counter is not None:
+        out.lines = counter.lines
     out.modified = [k for k, (a, b) in enumerate(zip(passed, pristine)) if not _same(a, b)]
     return out
 
@@ -813,7 +850,7 @@ class Run:
         ex, case = self.ex, self.cases[i]
         trace = tuple(p for p, _, _ in ex.forbid) if (fn is None and (ex.forbid or ex.numpy_only)) else None
         return call(fn or self.fn, self.ex.passed(i) if args is None else args,
-                    ex.track_memory and case.memory and fn is None, trace)
+                    ex.track_memory and case.memory and fn is None, trace, bool(ex.no_loops) and fn is None)
 
     def ok(self, i):
         return self.got[i] is not None and close(self.got[i], self.expected(i))
@@ -1047,6 +1084,10 @@ def judge(ex: Exercise, fn) -> Verdict:
                 f"cannot see inside {', '.join(sorted(o.frameworks))}): write it with np.* functions and "
                 f"operators."), "not_numpy", run.label(i))
 
+    if ex.no_loops:
+        found = _loop_over_the_data(run)
+        if found:
+            return verdict(ex, "mistake", found + " " + ex.no_loops, "python_loop")
     if ex.keras_ops_only:
         used = backend_libraries(fn)
         if used:
@@ -1154,6 +1195,23 @@ def judge(ex: Exercise, fn) -> Verdict:
                  f"comes out right: something mixes the examples (a reduction over the batch axis 0?) or "
                  f"carries state from one example to the next.")
     return verdict(ex, "wrong", text, None, run.label(bad))
+
+
+LOOP_LINES = 5   # this many more lines of your code on one input than on another is a loop over the data
+                 # (a branch for a special case adds a line or two; a loop over 3 vs 10 capsules adds 7+)
+
+
+def _loop_over_the_data(run):
+    """A sentence if the lines of the student's code that ran grow with the inputs' sizes, else None."""
+    counted = [(run.outcomes[i].lines, i) for i in range(run.n)
+               if run.outcomes[i].lines is not None and run.cases[i].twin_of is None]
+    if len(counted) < 2:
+        return None
+    (few, i), (many, k) = min(counted), max(counted)
+    if many - few < LOOP_LINES:
+        return None
+    return (f"your function runs a Python loop over the data: your code ran {many} lines for the input "
+            f"{run.label(k)}, but {few} for {run.label(i)}.")
 
 
 def _error_matches(m, text, run, i):
