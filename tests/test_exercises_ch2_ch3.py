@@ -147,6 +147,55 @@ def reverses_the_callers_list(layers, position=0):
     return (lo, hi)
 
 
+def test_a_changed_list_is_told_in_words_for_lists():
+    v = E.check_receptive_field(reverses_the_callers_list, quiet=True)
+    text = " ".join(v.message.split())
+    assert v.mistake == "input_modified" and "list must come back" in text and "array" not in text, v.message
+
+
+_RF_CACHE = {}
+
+
+@wrong("2.2", "stale_result")
+def cached_by_length_and_position(layers, position=0):
+    """The review's answer, reported as wrong_default: its one wrong answer was on a defaults case."""
+    key = (len(layers), position)
+    if key not in _RF_CACHE:
+        _RF_CACHE[key] = _rf_window(layers, position)
+    return _RF_CACHE[key]
+
+
+@wrong("2.2", "stale_result")
+def cached_in_a_mutable_default(layers, position=0, _seen={}):   # noqa: B006 — the mistake under test
+    return _seen.setdefault((len(layers), position), _rf_window(layers, position))
+
+
+def _rf_window(layers, position):
+    r, j = _rf(layers)
+    return (position * j, position * j + r - 1)
+
+
+@wrong("2.2", "wrong_type")
+def a_none_in_the_pair(layers, position=0):
+    first, last = _rf_window(layers, position)
+    return (first, None if position else last)
+
+
+def test_none_inside_a_tuple_is_not_a_forgotten_return():
+    v = E.check_receptive_field(a_none_in_the_pair, quiet=True)
+    assert "forget" not in v.message and "is None" in v.message, v.message
+
+
+_CONV_CACHE = {}
+
+
+@wrong("2.1", "stale_result")
+def cached_by_size_and_kernel(size, kernel, stride=1, padding=0):
+    if (size, kernel) not in _CONV_CACHE:
+        _CONV_CACHE[(size, kernel)] = (size + 2 * padding - kernel) // stride + 1
+    return _CONV_CACHE[(size, kernel)]
+
+
 @wrong("2.2")
 def first_stride_left_out(layers, position=0):
     r, _ = _rf(layers)

@@ -296,6 +296,19 @@ def v_per_input(batch, height, width, channels, num_classes=10):
     return out
 
 
+@wrong("4.4", "unknown_dim")
+def batch_as_none(batch, height, width, channels, num_classes=10):
+    """Keras's way to write an unknown batch, in a task where the batch is given."""
+    shapes = _shapes(batch, height, width, channels, num_classes)
+    return {k: v if k == "W" else (None,) + v[1:] for k, v in shapes.items()}
+
+
+def test_none_as_the_batch_is_not_a_forgotten_return():
+    v = E.check_capsnet_shapes(batch_as_none, quiet=True)
+    text = " ".join(v.message.split())
+    assert "forget" not in text and "the batch dimension is the `batch` you were passed" in text, v.message
+
+
 @wrong("4.4", "wrong_type")
 def missing_key(batch, height, width, channels, num_classes=10):
     out = _shapes(batch, height, width, channels, num_classes)
@@ -529,6 +542,25 @@ def capslib_order_map(c, j, height=6, width=6):
 @wrong("5.3")
 def six_by_six(c, j, height=6, width=6):
     return c[:, :, j].reshape(c.shape[0], 32, 6, 6).mean(1)
+
+
+@wrong("5.3", ("not", "wrong_default"))
+def squeezed(c, j, height=6, width=6):
+    """np.squeeze drops the batch axis at batch 1: a shape problem, not a default (the review: it was
+    reported as wrong_default, the only batch-1 input being the defaults one)."""
+    return np.squeeze(c[:, :, j].reshape(c.shape[0], 32, height, width).mean(axis=1))
+
+
+def test_squeezed_map_is_told_its_shape():
+    v = E.check_coupling_map(squeezed, quiet=True)
+    text = " ".join(v.message.split())
+    assert "has shape (6, 6), expected (1, 6, 6) = (batch, height, width)" in text, v.message
+    assert "(batch, height, width)" in E.exercise("5.3").contract()
+
+
+def test_routing_tuples_say_tensors_are_fine():
+    for key in ("5.1", "5.2"):
+        assert "two float arrays (NumPy, or tensors)" in E.exercise(key).contract(), key
 
 
 @wrong("5.3", "wrong_default")

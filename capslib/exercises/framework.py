@@ -90,6 +90,8 @@ class Returns:
 
 
 def _none(what):
+    if what != "your output":               # an item inside a tuple or dict: the function did return
+        return None, f"{what} is None, not a value", "wrong_type"
     return None, f"{what} is None — did you forget `return`?", "returned_none"
 
 
@@ -227,6 +229,10 @@ class ShapeTuple(Returns):
             return None, f"{what} should be a tuple of ints, got {typename(value)}", "wrong_type"
         out = []
         for k, v in enumerate(value):
+            if v is None:
+                return None, (f"{what}[{k}] is None. Keras writes a size it does not know yet — the batch, in a "
+                              f"layer's output shape — as None, but here every size is given: use them (the batch "
+                              f"dimension is the `batch` you were passed)"), "unknown_dim"
             canon, problem, name = Int().normalize(v, f"{what}[{k}]")
             if problem:
                 return None, problem, name
@@ -1048,6 +1054,7 @@ def judge(ex: Exercise, fn) -> Verdict:
     fn_name = getattr(fn, "__name__", ex.func)
     run = Run(ex, fn)
     n = run.n
+    snapshot = _snapshot(fn)                # what a fresh copy of fn needs (a stale-answer check, step 12)
 
     # 1. call it on every case, then once more on the first; the untouched stub stops here
     for i in range(n):
@@ -1065,11 +1072,18 @@ def judge(ex: Exercise, fn) -> Verdict:
     for i in range(n):
         if run.outcomes[i].modified:
             names = [ex.inputs[k][0] for k in run.outcomes[i].modified]
+            changed = f"{' and '.join('`' + x + '`' for x in names)}"
+            if all(isinstance(run.args(i)[k], (list, dict)) for k in run.outcomes[i].modified):
+                how = (f"A caller's list must come back as it went in: work on a copy or a new list "
+                       f"(`list({names[0]})`, `{names[0]}[::-1]`, `reversed({names[0]})`, `sorted(...)`), not "
+                       f"`.reverse()`, `.sort()`, `.pop()`, `.append()`, `del` or an assignment to one of its "
+                       f"items.")
+            else:
+                how = ("A caller's arrays must come back as they went in: compute into a new array (`v = v * keep`, "
+                       "not `v *= keep`; `b = b + a`, not `b += a`; no assignment into a slice or a view of an "
+                       "input such as `x[...] = 0`).")
             return verdict(ex, "mistake", (
-                f"your function changed its input{'s' if len(names) > 1 else ''} "
-                f"{' and '.join('`' + x + '`' for x in names)} in place. A caller's arrays must come back as "
-                f"they went in: compute into a new array (`v = v * keep`, not `v *= keep`; `b = b + a`, not "
-                f"`b += a`; no assignment into a slice or a view of an input such as `x[...] = 0`)."),
+                f"your function changed its input{'s' if len(names) > 1 else ''} {changed} in place. {how}"),
                 "input_modified", run.label(i))
 
     # 4. instructions: forbidden functions, frameworks in a NumPy-only exercise
@@ -1151,13 +1165,15 @@ def judge(ex: Exercise, fn) -> Verdict:
             "something survives from one call to the next (a global, a default argument that is a "
             "mutable array, a cache). Each call must start from scratch."), "state_between_calls", run.label(0))
 
-    # 10. right with every argument passed, wrong with the defaults
+    # 10. right with every argument passed, wrong with the defaults — and right on that same input
+    #     when the defaulted arguments are passed explicitly (else the defaults are not the problem)
     defaults_cases = [i for i in range(n) if run.cases[i].npass is not None]
     if defaults_cases and all(ok[i] for i in range(n) if i not in defaults_cases):
         i = next(i for i in defaults_cases if not ok[i])
-        return verdict(ex, "mistake", (
-            f"right when every argument is passed, wrong when the defaulted ones are left out. The task's "
-            f"signature is {ex.signature}: check your default values."), "wrong_default", run.label(i))
+        if _right_with(run, i, run.call(i, args=run.args(i))):
+            return verdict(ex, "mistake", (
+                f"right when every argument is passed, wrong when the defaulted ones are left out. The task's "
+                f"signature is {ex.signature}: check your default values."), "wrong_default", run.label(i))
 
     # 11. a named mistake that reproduces your output on every input
     bad = next(i for i in range(n) if not ok[i])
@@ -1173,7 +1189,8 @@ def judge(ex: Exercise, fn) -> Verdict:
             return verdict(ex, "mistake", _hint(m, fields=found if isinstance(found, dict) else None),
                            m.name, run.label(bad))
 
-    # 12. the same answer for two inputs of the same shape (a cache keyed on the shape?)
+    # 12. stale answers: the same answer for two inputs of the same shape (a cache keyed on the shape?),
+    #     state between calls, or an input that a fresh copy of the function gets right
     for i in range(n):
         k = run.cases[i].twin_of
         if k is not None and not ok[i] and ok[k] and close(run.got[i], run.got[k]) \
@@ -1187,6 +1204,14 @@ def judge(ex: Exercise, fn) -> Verdict:
             "calling it again on the first input gave a different answer: something survives from one "
             "call to the next (a global, a mutable default argument). Each call must start from scratch."),
             "state_between_calls", run.label(0))
+    fresh = _fresh_copy(fn, snapshot)                 # fn as it was before the check's first call
+    if fresh is not None and _right_with(run, bad, run.call(bad, fn=fresh)):
+        return verdict(ex, "mistake", (
+            "wrong on this input after the inputs before it, yet a fresh copy of your function (its globals, "
+            "closure and defaults as they were before the check) gets it right when this input comes first: "
+            "something kept from an earlier call — a cache keyed on part of the input (a length, a shape), a "
+            "global, a mutable default argument — gives a stale answer. Compute the answer from the values every "
+            "time."), "stale_result", run.label(bad))
 
     # 13. not recognised: shapes, NaN, values — in named dims, with the first input that fails
     text = _value_message(run, bad)
@@ -1212,6 +1237,70 @@ def _loop_over_the_data(run):
         return None
     return (f"your function runs a Python loop over the data: your code ran {many} lines for the input "
             f"{run.label(k)}, but {few} for {run.label(i)}.")
+
+
+def _right_with(run, i, outcome):
+    """Is this outcome (another call on case i's input) the right answer for case i?"""
+    if outcome.error is not None or outcome.not_implemented:
+        return False
+    got, problem, _ = run.ex.returns.normalize(outcome.value)
+    return problem is None and close(got, run.expected(i))
+
+
+_MUTABLE = (dict, list, set, bytearray, np.ndarray)
+
+
+def _global_names(code):
+    import dis
+    return {ins.argval for c in _codes(code) for ins in dis.get_instructions(c)
+            if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME", "STORE_GLOBAL") and isinstance(ins.argval, str)}
+
+
+def _snapshot(fn):
+    """Deep copies of the mutable state fn can keep between calls — the containers among the globals
+    its code names, its closure's contents, its defaults — taken before the first call; None when fn
+    is not a plain function or its state cannot be copied."""
+    import copy
+    if not isinstance(fn, types.FunctionType):
+        return None
+    try:
+        glob = {name: copy.deepcopy(fn.__globals__[name]) for name in _global_names(fn.__code__)
+                if name in fn.__globals__ and isinstance(fn.__globals__[name], _MUTABLE)}
+        cells = []
+        for cell in fn.__closure__ or ():
+            try:
+                value = cell.cell_contents
+            except ValueError:
+                cells.append(cell)
+                continue
+            cells.append(types.CellType(copy.deepcopy(value)) if isinstance(value, _MUTABLE) else cell)
+        return glob, cells, copy.deepcopy(fn.__defaults__), copy.deepcopy(fn.__kwdefaults__)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _fresh_copy(fn, snapshot):
+    """fn as it was before the check (from its snapshot), as a new function; None if there is none."""
+    import copy
+    if snapshot is None:
+        return None
+    glob, cells, defaults, kwdefaults = snapshot
+    try:
+        namespace = dict(fn.__globals__)
+        namespace.update(copy.deepcopy(glob))
+        closure = tuple(types.CellType(copy.deepcopy(c.cell_contents)) if _holds_mutable(c) else c for c in cells)
+        new = types.FunctionType(fn.__code__, namespace, fn.__name__, copy.deepcopy(defaults), closure or None)
+        new.__kwdefaults__ = copy.deepcopy(kwdefaults)
+        return new
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _holds_mutable(cell):
+    try:
+        return isinstance(cell.cell_contents, _MUTABLE)
+    except ValueError:
+        return False
 
 
 def _error_matches(m, text, run, i):
