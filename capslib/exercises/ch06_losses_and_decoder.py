@@ -32,7 +32,8 @@ def _length_cases(rng):
 def _lengths_reference(v):
     """The exact length, and up to a safety epsilon of SAFETY_EPS inside the sqrt (one tolerance policy)."""
     n2 = np.sum(np.asarray(v, np.float64) ** 2, axis=-1)
-    return Band(np.sqrt(n2), np.sqrt(n2 + SAFETY_EPS), "a safety epsilon of at most " + f"{SAFETY_EPS:.0e}".replace("e-0", "e-") + " inside the sqrt")
+    allowance = "a safety epsilon of at most " + f"{SAFETY_EPS:.0e}".replace("e-0", "e-") + " inside the sqrt"
+    return Band(np.sqrt(n2), np.sqrt(n2 + SAFETY_EPS), allowance)
 
 
 check_capsule_lengths = register(Exercise(
