@@ -129,6 +129,18 @@ def test_every_task_states_its_return_type_and_rules():
             assert f"`{name}`" in ex.contract(), (ex.id, name)
 
 
+def test_int_tasks_say_that_numpy_integers_pass_and_floats_do_not():
+    """The checker accepts np.int64 where the task says `int` and refuses 20.0: every task that returns
+    ints says both, in its Return line."""
+    holding = [ex for ex in EXERCISES if F._holds_ints(ex.returns)]
+    assert {ex.id for ex in holding} >= {"2.1", "2.2", "3.4", "4.2", "4.4", "6.5", "6.6", "7.1"}
+    for ex in holding:
+        assert F.INT_NOTE in ex.contract() or F.INTS_NOTE in ex.contract(), (ex.id, ex.contract())
+    for ex in EXERCISES:
+        if ex not in holding:
+            assert "NumPy integer" not in ex.contract(), ex.id
+
+
 def test_exercises_need_more_than_the_cell_before_them():
     """The issue's bar: at least 11 (and at least half) need a step beyond the worked example, and the
     TF2 port's bugs each get a find-the-bug exercise."""

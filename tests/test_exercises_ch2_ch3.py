@@ -147,6 +147,55 @@ def reverses_the_callers_list(layers, position=0):
     return (lo, hi)
 
 
+def test_a_changed_list_is_told_in_words_for_lists():
+    v = E.check_receptive_field(reverses_the_callers_list, quiet=True)
+    text = " ".join(v.message.split())
+    assert v.mistake == "input_modified" and "list must come back" in text and "array" not in text, v.message
+
+
+_RF_CACHE = {}
+
+
+@wrong("2.2", "stale_result")
+def cached_by_length_and_position(layers, position=0):
+    """The review's answer, reported as wrong_default: its one wrong answer was on a defaults case."""
+    key = (len(layers), position)
+    if key not in _RF_CACHE:
+        _RF_CACHE[key] = _rf_window(layers, position)
+    return _RF_CACHE[key]
+
+
+@wrong("2.2", "stale_result")
+def cached_in_a_mutable_default(layers, position=0, _seen={}):   # noqa: B006 — the mistake under test
+    return _seen.setdefault((len(layers), position), _rf_window(layers, position))
+
+
+def _rf_window(layers, position):
+    r, j = _rf(layers)
+    return (position * j, position * j + r - 1)
+
+
+@wrong("2.2", "wrong_type")
+def a_none_in_the_pair(layers, position=0):
+    first, last = _rf_window(layers, position)
+    return (first, None if position else last)
+
+
+def test_none_inside_a_tuple_is_not_a_forgotten_return():
+    v = E.check_receptive_field(a_none_in_the_pair, quiet=True)
+    assert "forget" not in v.message and "is None" in v.message, v.message
+
+
+_CONV_CACHE = {}
+
+
+@wrong("2.1", "stale_result")
+def cached_by_size_and_kernel(size, kernel, stride=1, padding=0):
+    if (size, kernel) not in _CONV_CACHE:
+        _CONV_CACHE[(size, kernel)] = (size + 2 * padding - kernel) // stride + 1
+    return _CONV_CACHE[(size, kernel)]
+
+
 @wrong("2.2")
 def first_stride_left_out(layers, position=0):
     r, _ = _rf(layers)
@@ -398,20 +447,131 @@ def port_form_with_epsilon(s, axis=-1):
     return n * s / (1 + n ** 2)
 
 
+@wrong("3.3", "nan_gradient_at_zero")
 def epsilon_outside_the_sqrt(s, axis=-1):
+    """At s = 0 its gradient holds 0·∞ in sqrt's derivative: NaN on JAX and PyTorch, 0 on TensorFlow
+    alone. The check counts it as NaN on every backend (the review: it passed on TensorFlow only)."""
     n2 = _n2(s, axis)
     return n2 / (1 + n2) * s / (ops.sqrt(n2) + 1e-9)
 
 
-def test_epsilon_outside_the_sqrt_is_finite_on_tensorflow_only():
-    """At s = 0 its gradient is 0·∞ inside sqrt's derivative: TensorFlow evaluates that to 0 (so the
-    check, run on the book's backend, accepts it), JAX to NaN. The solution puts it inside."""
+@wrong("3.3", "nan_gradient_at_zero")
+def norm_floored_by_maximum(s, axis=-1):
+    n2 = _n2(s, axis)
+    return n2 / (1 + n2) * s / ops.maximum(ops.sqrt(n2), 1e-7)
+
+
+@wrong("3.3", "nan_gradient_at_zero")
+def keras_norm_epsilon_outside(s, axis=-1):
+    n = ops.norm(s, axis=axis, keepdims=True)
+    return ops.square(n) / (1 + ops.square(n)) * s / (n + 1e-9)
+
+
+@wrong("3.3", "not_keras_ops")
+def tensorflow_itself(s, axis=-1):
+    """Safe in value and gradient, but TensorFlow only: the task says keras.ops (the review's pass)."""
+    import tensorflow as tf
+    s = tf.convert_to_tensor(s)
+    n2 = tf.reduce_sum(tf.square(s), axis=axis, keepdims=True)
+    return n2 / (1 + n2) * s / tf.sqrt(n2 + 1e-12)
+
+
+def _tf_sqrt(x):
+    import tensorflow
+    return tensorflow.sqrt(x)
+
+
+@wrong("3.3", "not_keras_ops")
+def tensorflow_in_a_helper(s, axis=-1):
+    n2 = _n2(s, axis)
+    return n2 / (1 + n2) * s / _tf_sqrt(n2 + 1e-9)
+
+
+@wrong("3.3", "not_keras_ops")
+def jax_numpy(s, axis=-1):
+    import jax.numpy as jnp
+    n2 = jnp.sum(jnp.square(s), axis=axis, keepdims=True)
+    return n2 / (1 + n2) * s / jnp.sqrt(n2 + 1e-9)
+
+
+@wrong("3.3", "epsilon_too_big")
+def epsilon_1e6(s, axis=-1):
+    n2 = _n2(s, axis)
+    return n2 / (1 + n2) * s / ops.sqrt(n2 + 1e-6)
+
+
+@right("3.3")
+def keras_epsilon(s, axis=-1):
     import keras
-    v = E.check_squash(epsilon_outside_the_sqrt, quiet=True)
-    if keras.backend.backend() == "tensorflow":
-        assert v.status == "correct", v.message
-    else:
-        assert (v.status, v.mistake) == ("mistake", "nan_gradient_at_zero"), v.message
+    n2 = _n2(s, axis)
+    return n2 / (1 + n2) * s / ops.sqrt(n2 + keras.config.epsilon())
+
+
+@right("3.3")
+def in_float32(s, axis=-1):
+    s = ops.cast(s, "float32")
+    n2 = _n2(s, axis)
+    return n2 / (1 + n2) * s / ops.sqrt(n2 + 1e-20)
+
+
+def test_squash_task_states_its_tolerance_and_rules():
+    task = E.exercise("3.3").task
+    assert "exact values" not in task
+    assert "1e-4" in task and "at most 1e-7 inside the square root" in task
+    assert "keras.ops** only" in task and "on every backend" in task
+
+
+def test_squash_names_a_tensor_of_another_library():
+    """A function that returns another library's tensor is not told it returns a NumPy array (the
+    review, under JAX). Here: a JAX array under TensorFlow, reached without naming jax in the code."""
+    import importlib
+
+    import keras
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the foreign library here is JAX")
+
+    def my_squash(s, axis=-1):
+        jnp = importlib.import_module("jax" + ".numpy")
+        x = jnp.asarray(ops.convert_to_numpy(s))
+        n2 = jnp.sum(x * x, axis=axis, keepdims=True)
+        return n2 / (1 + n2) * x / jnp.sqrt(n2 + 1e-9)
+    v = E.check_squash(my_squash, quiet=True)
+    assert v.mistake == "not_differentiable", v.message
+    text = " ".join(v.message.split())
+    assert "NumPy array" not in text and "not a tensor of TensorFlow" in text, v.message
+
+
+SQUASH_ANSWERS = ["epsilon_outside_the_sqrt", "norm_floored_by_maximum", "keras_norm_epsilon_outside",
+                  "tensorflow_itself", "jax_numpy", "where_trick", "keras_norm", "numpy_squash", "epsilon_1e6",
+                  "epsilon_1e7", "double_where", "capslib_squash"]
+
+
+def _squash_verdicts():
+    import json
+    out = {name: E.check_squash(globals()[name], quiet=True) for name in SQUASH_ANSWERS}
+    return json.dumps({k: [v.status, v.mistake] for k, v in out.items()}, sort_keys=True)
+
+
+def test_squash_verdicts_do_not_depend_on_the_backend():
+    """The same answers, checked under TensorFlow here and under JAX in a subprocess: same verdicts."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import keras
+    other = "jax" if keras.backend.backend() != "jax" else "tensorflow"
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, KERAS_BACKEND=other, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(here), here, os.environ.get("PYTHONPATH", "")]))
+    code = "import test_exercises_ch2_ch3 as t; print(t._squash_verdicts())"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    theirs = json.loads(done.stdout.strip().splitlines()[-1])
+    mine = json.loads(_squash_verdicts())
+    assert mine == theirs, (keras.backend.backend(), mine, other, theirs)
+    assert mine["epsilon_outside_the_sqrt"] == ["mistake", "nan_gradient_at_zero"]
+    assert mine["tensorflow_itself"] == ["mistake", "not_keras_ops"]
 
 
 @right("3.3")

@@ -4,6 +4,7 @@ exercises of chapters 4 and 5, written as a student would from the task texts al
 import numpy as np
 import pytest
 
+from capslib import exercises as E
 from test_exercises_ch2_ch3 import run_right, run_wrong
 
 WRONG, RIGHT = [], []
@@ -132,6 +133,11 @@ def numpy_int64(batch, height=28, width=28, bytes_per_number=4):
 
 
 @right("4.2")
+def numpy_int64_scalar(batch, height=28, width=28, bytes_per_number=4):
+    return np.prod(np.array([batch, _caps(height, width), 10, 16, 8, bytes_per_number], dtype=np.int64))
+
+
+@right("4.2")
 def via_capslib(batch, height=28, width=28, bytes_per_number=4):
     import keras
 
@@ -202,10 +208,65 @@ def row_vectors(u, W):
     return (u[:, None, :, None, :] @ W.transpose(1, 0, 3, 2)[None])[..., 0, :]
 
 
-@right("4.3")
-def loop_over_examples(u, W):
+@wrong("4.3", "python_loop")
+def loop_over_examples(u, W):                # was accepted: the task now says one @ for the whole batch
     Wj = W.transpose(1, 0, 2, 3)
     return np.stack([(Wj @ x[None, :, :, None])[..., 0] for x in u])
+
+
+@wrong("4.3", "python_loop")
+def tensordot_per_input_capsule(u, W):       # the review's pass: no einsum, no copy, but 1152 tensordots
+    out = np.empty((u.shape[0], W.shape[1], W.shape[0], W.shape[2]), dtype=np.result_type(u, W))
+    for i in range(W.shape[0]):
+        out[:, :, i, :] = np.tensordot(u[:, i, :], W[i], axes=([1], [2]))
+    return out
+
+
+@wrong("4.3", "python_loop")
+def matmul_per_output_capsule(u, W):         # the review's other pass: a comprehension over out_caps
+    return np.stack([(W[:, j][None] @ u[..., None])[..., 0] for j in range(W.shape[1])], axis=1)
+
+
+def _one_capsule(u, W, j):
+    return (W[:, j][None] @ u[..., None])[..., 0]
+
+
+@wrong("4.3", "python_loop")
+def loop_through_a_helper(u, W):
+    out = [_one_capsule(u, W, j) for j in range(W.shape[1])]
+    return np.stack(out, axis=1)
+
+
+@wrong("4.3", "python_loop")
+def loop_over_in_dim(u, W):
+    Wj, acc = W.transpose(1, 0, 2, 3)[None], 0.0
+    for e in range(u.shape[2]):
+        acc = acc + Wj[..., e] * u[:, None, :, e, None]
+    return acc
+
+
+def test_broadcasting_task_states_its_rules():
+    task = " ".join(E.exercise("4.3").task.split())
+    assert "einsum" in task and "a copy of `W` per example" in task
+    assert "Python loop over the examples or the capsules" in task
+
+
+@right("4.3")
+def special_case_for_one_example(u, W):     # a branch is not a loop: a line or two more is fine
+    Wj = W.transpose(1, 0, 2, 3)
+    if u.shape[0] == 1:
+        col = u[0, None, :, :, None]
+        return (Wj @ col)[None, ..., 0]
+    return (Wj[None] @ u[:, None, :, :, None])[..., 0]
+
+
+@right("4.3")
+def in_a_helper(u, W):
+    return _broadcast(W.transpose(1, 0, 2, 3), u)
+
+
+def _broadcast(Wj, u):
+    return (Wj[None] @ u[:, None, :, :, None])[..., 0]
 
 
 # =========================================================================== 4.4 every shape
@@ -234,6 +295,19 @@ def v_per_input(batch, height, width, channels, num_classes=10):
     out = _shapes(batch, height, width, channels, num_classes)
     out["v"] = (batch, num_classes, out["u"][1], 16)
     return out
+
+
+@wrong("4.4", "unknown_dim")
+def batch_as_none(batch, height, width, channels, num_classes=10):
+    """Keras's way to write an unknown batch, in a task where the batch is given."""
+    shapes = _shapes(batch, height, width, channels, num_classes)
+    return {k: v if k == "W" else (None,) + v[1:] for k, v in shapes.items()}
+
+
+def test_none_as_the_batch_is_not_a_forgotten_return():
+    v = E.check_capsnet_shapes(batch_as_none, quiet=True)
+    text = " ".join(v.message.split())
+    assert "forget" not in text and "the batch dimension is the `batch` you were passed" in text, v.message
 
 
 @wrong("4.4", "wrong_type")
@@ -469,6 +543,25 @@ def capslib_order_map(c, j, height=6, width=6):
 @wrong("5.3")
 def six_by_six(c, j, height=6, width=6):
     return c[:, :, j].reshape(c.shape[0], 32, 6, 6).mean(1)
+
+
+@wrong("5.3", ("not", "wrong_default"))
+def squeezed(c, j, height=6, width=6):
+    """np.squeeze drops the batch axis at batch 1: a shape problem, not a default (the review: it was
+    reported as wrong_default, the only batch-1 input being the defaults one)."""
+    return np.squeeze(c[:, :, j].reshape(c.shape[0], 32, height, width).mean(axis=1))
+
+
+def test_squeezed_map_is_told_its_shape():
+    v = E.check_coupling_map(squeezed, quiet=True)
+    text = " ".join(v.message.split())
+    assert "has shape (6, 6), expected (1, 6, 6) = (batch, height, width)" in text, v.message
+    assert "(batch, height, width)" in E.exercise("5.3").contract()
+
+
+def test_routing_tuples_say_tensors_are_fine():
+    for key in ("5.1", "5.2"):
+        assert "two float arrays (NumPy, or tensors)" in E.exercise(key).contract(), key
 
 
 @wrong("5.3", "wrong_default")

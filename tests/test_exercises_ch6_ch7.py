@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from capslib import exercises as E
 from test_exercises_ch2_ch3 import run_right, run_wrong
 
 WRONG, RIGHT = [], []
@@ -45,6 +46,16 @@ def epsilon_1e4(v):
     return np.sqrt(np.sum(v ** 2, axis=-1) + 1e-4)
 
 
+@wrong("6.1", "epsilon_too_big")
+def epsilon_1e6(v):                                      # the review's case: a zero capsule 1e-3 long
+    return np.sqrt(np.sum(v ** 2, axis=-1) + 1e-6)
+
+
+@wrong("6.1", ("not", "epsilon_too_big"))
+def epsilon_3e6(v):
+    return np.sqrt(np.sum(v ** 2, axis=-1) + 3e-6)
+
+
 @wrong("6.1")
 def max_abs_component(v):
     return np.abs(v).max(-1)
@@ -63,6 +74,30 @@ def ten_classes_hard_coded(v):
 @right("6.1")
 def epsilon_1e7_inside(v):                              # the issue's false rejection
     return np.sqrt(np.sum(v ** 2, axis=-1) + 1e-7)
+
+
+@right("6.1")
+def epsilon_1e9_inside(v):                              # within the allowance the task states
+    return np.sqrt(np.sum(v ** 2, axis=-1) + 1e-9)
+
+
+@right("6.1")
+def floor_of_1e7_inside(v):                             # sqrt(max(|v|², 1e-7)): between |v| and sqrt(|v|² + 1e-7)
+    return np.sqrt(np.maximum(np.sum(v ** 2, axis=-1), 1e-7))
+
+
+def test_lengths_task_states_what_is_checked():
+    """The review: the task spoke of capsules of length 1e-4 but accepted 1e-7 inside the sqrt
+    without saying so. It now states the allowance, and a wrong epsilon hears the exact value."""
+    task = E.exercise("6.1").task
+    assert "at most 1e-7 inside the square root" in task and "3.2e-4" in task
+    assert "(batch, out_caps)" in E.exercise("6.1").contract()
+    v = E.check_capsule_lengths(epsilon_3e6, quiet=True)
+    text = " ".join(v.message.split())
+    assert "the exact value is 0 " in text and "allows up to 0.000316228" in text, v.message
+    assert "expected 0.000316228" not in text, v.message
+    v = E.check_capsule_lengths(lambda v: np.linalg.norm(v, axis=-1) + 1e-4, quiet=True)
+    assert "expected 0.9" in " ".join(v.message.split()), v.message
 
 
 @right("6.1")
@@ -361,6 +396,11 @@ def decoder_to_a_square_image(image_shape=(28, 28, 1), conv_filters=256, primary
     return _counts((h, h, c), conv_filters, primary_types, primary_dim, num_classes, digit_dim, digit_bias)
 
 
+@right("6.5")
+def numpy_integers_pair(num_classes, capsule_dim, image_shape):
+    return (np.int64(num_classes) * capsule_dim, np.prod(np.array(image_shape, dtype=np.int64)))
+
+
 @right("6.6")
 def from_capslib(image_shape=(28, 28, 1), conv_filters=256, primary_types=32, primary_dim=8, num_classes=10,
                  digit_dim=16, digit_bias=False):
@@ -447,6 +487,12 @@ def rounded(n_images, batch_size, drop_remainder=False):
 
 
 @right("7.1")
+def numpy_integer(n_images, batch_size, drop_remainder=False):
+    n, b = np.int64(n_images), np.int64(batch_size)
+    return n // b if drop_remainder else -(-n // b)
+
+
+@right("7.1")
 def math_ceil(n_images, batch_size, drop_remainder=False):
     return math.floor(n_images / batch_size) if drop_remainder else math.ceil(n_images / batch_size)
 
@@ -460,41 +506,83 @@ def counted(n_images, batch_size, drop_remainder=False):
 # =========================================================================== 7.2 learning rate at an epoch
 
 
+def _spe(n_images, batch_size):
+    return -(-n_images // batch_size)
+
+
 @wrong("7.2")
-def floor_at_1e4(epoch, n_images=60000, batch_size=128):
-    return max(1e-3 * 0.96 ** (epoch * -(-n_images // batch_size) / 2000), 1e-4)
+def floor_at_1e4(epoch, n_images=60000, batch_size=128, decay_steps=2000):
+    return max(1e-3 * 0.96 ** (epoch * _spe(n_images, batch_size) / decay_steps), 1e-4)
 
 
 @wrong("7.2", "steps_rounded_down")
-def steps_floored(epoch, n_images=60000, batch_size=128):
-    return 1e-3 * 0.96 ** (epoch * (n_images // batch_size) / 2000)
+def steps_floored(epoch, n_images=60000, batch_size=128, decay_steps=2000):
+    return 1e-3 * 0.96 ** (epoch * (n_images // batch_size) / decay_steps)
 
 
 @wrong("7.2", "wrong_default")
-def batch_100_by_default(epoch, n_images=60000, batch_size=100):
-    return 1e-3 * 0.96 ** (epoch * -(-n_images // batch_size) / 2000)
+def batch_100_by_default(epoch, n_images=60000, batch_size=100, decay_steps=2000):
+    return 1e-3 * 0.96 ** (epoch * _spe(n_images, batch_size) / decay_steps)
+
+
+@wrong("7.2", "wrong_default")
+def decay_1000_by_default(epoch, n_images=60000, batch_size=128, decay_steps=1000):
+    return 1e-3 * 0.96 ** (epoch * _spe(n_images, batch_size) / decay_steps)
 
 
 @wrong("7.2", "wrong_type")
-def as_an_array(epoch, n_images=60000, batch_size=128):
-    return np.array([1e-3 * 0.96 ** (epoch * -(-n_images // batch_size) / 2000)])
+def as_an_array(epoch, n_images=60000, batch_size=128, decay_steps=2000):
+    return np.array([1e-3 * 0.96 ** (epoch * _spe(n_images, batch_size) / decay_steps)])
 
 
 @wrong("7.2")
-def steps_as_float(epoch, n_images=60000, batch_size=128):
-    return 1e-3 * 0.96 ** (epoch * n_images / batch_size / 2000)
+def steps_as_float(epoch, n_images=60000, batch_size=128, decay_steps=2000):
+    return 1e-3 * 0.96 ** (epoch * n_images / batch_size / decay_steps)
+
+
+@wrong("7.2", "off_by_one_step")
+def last_step_of_the_epoch_before(epoch, n_images=60000, batch_size=128, decay_steps=2000):
+    """The review's false pass: with 2,000 steps per ×0.96 one step is 2e-5 relative."""
+    return 1e-3 * 0.96 ** ((epoch * _spe(n_images, batch_size) - 1) / decay_steps)
+
+
+@wrong("7.2", "off_by_one_step")
+def one_step_after_the_first(epoch, n_images=60000, batch_size=128, decay_steps=2000):
+    return 1e-3 * 0.96 ** ((epoch * _spe(n_images, batch_size) + 1) / decay_steps)
+
+
+@wrong("7.2", "off_by_one_step")
+def steps_counted_from_one(epoch, n_images=60000, batch_size=128, decay_steps=2000):
+    step = epoch * _spe(n_images, batch_size) + 1           # "the first step is step 1"
+    return 1e-3 * 0.96 ** (step / decay_steps)
+
+
+@wrong("7.2", "decay_steps_ignored")
+def period_hard_coded(epoch, n_images=60000, batch_size=128, decay_steps=2000):
+    return 1e-3 * 0.96 ** (epoch * _spe(n_images, batch_size) / 2000)
+
+
+@wrong("7.2", "signature_mismatch")
+def the_old_signature(epoch, n_images=60000, batch_size=128):
+    return 1e-3 * 0.96 ** (epoch * _spe(n_images, batch_size) / 2000)
 
 
 @right("7.2")
-def keras_schedule(epoch, n_images=60000, batch_size=128):
+def keras_schedule(epoch, n_images=60000, batch_size=128, decay_steps=2000):
     import keras
-    schedule = keras.optimizers.schedules.ExponentialDecay(1e-3, decay_steps=2000, decay_rate=0.96)
+    schedule = keras.optimizers.schedules.ExponentialDecay(1e-3, decay_steps=decay_steps, decay_rate=0.96)
     return float(schedule(epoch * math.ceil(n_images / batch_size)))
 
 
 @right("7.2")
-def exp_form(epoch, n_images=60000, batch_size=128):
-    return 1e-3 * math.exp(epoch * -(-n_images // batch_size) / 2000 * math.log(0.96))
+def exp_form(epoch, n_images=60000, batch_size=128, decay_steps=2000):
+    return 1e-3 * math.exp(epoch * _spe(n_images, batch_size) / decay_steps * math.log(0.96))
+
+
+@right("7.2")
+def step_by_step(epoch, n_images=60000, batch_size=128, decay_steps=2000):
+    lr, per_step = 1e-3, 0.96 ** (1 / decay_steps)
+    return lr * per_step ** (epoch * _spe(n_images, batch_size))
 
 
 # =========================================================================== 7.3 the port's loss, fixed

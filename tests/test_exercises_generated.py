@@ -65,7 +65,7 @@ WRONG_DEFAULTS = {
     "stride": 2, "padding": 1, "position": 1, "axis": 1, "height": 32, "width": 32, "bytes_per_number": 8,
     "num_classes": 47, "iterations": 2, "bias": "a constant 0.1", "image_shape": (32, 32, 3), "conv_filters": 128,
     "primary_types": 16, "primary_dim": 4, "digit_dim": 8, "digit_bias": True, "weight": 0.005,
-    "drop_remainder": True, "n_images": 10000, "batch_size": 100,
+    "drop_remainder": True, "n_images": 10000, "batch_size": 100, "decay_steps": 1000,
 }
 
 

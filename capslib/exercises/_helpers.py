@@ -57,33 +57,77 @@ def routing64(u_hat, iterations, bias=None):
     return v, c
 
 
-def value_and_grad(fn, s, w, **kwargs):
-    """(value, d sum(fn(s)·w)/ds) on the backend Keras runs on; the gradient is None when fn's
-    output is not connected to its input (a NumPy function). Raises what fn raises."""
+def value_and_grad(fn, s, w, ieee=False, **kwargs):
+    """(value, d sum(fn(s)·w)/ds, fn's raw output) on the backend Keras runs on; the gradient is None when
+    fn's output is not connected to its input (a NumPy function, a tensor of another library). Raises what
+    fn raises.
+
+    ieee=True: differentiate as JAX and PyTorch do, where 0·∞ is NaN. TensorFlow's gradients of sqrt and
+    rsqrt alone return 0 where the incoming gradient is 0, even at 0 where the derivative is infinite; for
+    the duration of the call they are replaced by the plain formulas, so that a checker's verdict on a
+    gradient does not depend on the backend."""
     import keras
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
-        t = tf.constant(s)
-        with tf.GradientTape() as tape:
-            tape.watch(t)
-            y = fn(t, **kwargs)
-            total = tf.reduce_sum(tf.cast(tf.convert_to_tensor(y), tf.float32) * w)
-        g = tape.gradient(total, t)
-        return np_(y), (None if g is None else np_(g))
+        with _ieee_sqrt_gradients(ieee):
+            t = tf.constant(s)
+            with tf.GradientTape() as tape:
+                tape.watch(t)
+                y = fn(t, **kwargs)
+                try:
+                    total = tf.reduce_sum(tf.cast(tf.convert_to_tensor(y), tf.float32) * w)
+                except Exception:  # noqa: BLE001 — not a TensorFlow value (another library's tensor)
+                    return np_(y), None, y
+            g = tape.gradient(total, t)
+        return np_(y), (None if g is None else np_(g)), y
     if backend == "jax":
         import jax
         import jax.numpy as jnp
         y = fn(jnp.asarray(s), **kwargs)
         try:
             g = jax.grad(lambda z: jnp.sum(jnp.asarray(fn(z, **kwargs), jnp.float32) * w))(jnp.asarray(s))
-        except Exception:  # noqa: BLE001 — a NumPy function cannot be traced
+        except Exception:  # noqa: BLE001 — a NumPy function (or another library's) cannot be traced
             g = None
-        return np_(y), (None if g is None else np_(g))
+        return np_(y), (None if g is None else np_(g)), y
     import torch
     t = torch.tensor(s, requires_grad=True)
     y = fn(t, **kwargs)
     if not isinstance(y, torch.Tensor) or not y.requires_grad:
-        return np_(y), None
+        return np_(y), None, y
     (y.float() * torch.tensor(w)).sum().backward()
-    return np_(y.detach()), np_(t.grad)
+    return np_(y.detach()), np_(t.grad), y
+
+
+class _ieee_sqrt_gradients:
+    """Within the block, TensorFlow differentiates Sqrt and Rsqrt by their plain formulas
+    (0.5·g/y and −0.5·g·y³), so 0·∞ gives NaN as on JAX and PyTorch (see value_and_grad)."""
+
+    def __init__(self, active):
+        self.active, self.saved = active, {}
+
+    def __enter__(self):
+        if not self.active:
+            return self
+        from tensorflow.python.framework import ops as tf_ops
+        from tensorflow.python.framework import registry as tf_registry
+        registry = tf_ops._gradient_registry._registry          # op type → {_TYPE_TAG: gradient function, …}
+        tag = tf_registry._TYPE_TAG
+
+        def sqrt_grad(op, grad):
+            return grad * (0.5 / op.outputs[0])
+
+        def rsqrt_grad(op, grad):
+            y = op.outputs[0]
+            return grad * (-0.5 * y * y * y)
+
+        for name, fn in (("Sqrt", sqrt_grad), ("Rsqrt", rsqrt_grad)):
+            self.saved[name] = registry[name]
+            registry[name] = {**registry[name], tag: fn}
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved:
+            from tensorflow.python.framework import ops as tf_ops
+            tf_ops._gradient_registry._registry.update(self.saved)
+        return False

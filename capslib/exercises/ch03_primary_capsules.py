@@ -8,7 +8,7 @@ import re
 import numpy as np
 
 from ._helpers import squash64, squash_eps, squash_grad64, value_and_grad
-from .framework import Array, Case, Exercise, Int, Mistake, Tuple, canon, close, register
+from .framework import SAFETY_EPS, Array, Band, Case, Exercise, Int, Mistake, Tuple, canon, close, register, typename
 
 # =========================================================================== 3.1 the official code's order
 
@@ -224,6 +224,9 @@ def _squash_cases(rng):
     port = capsules((2, 16, 10))
     port[1, :, 4] = 0.0                                       # a zero capsule: a column in this layout
     port[0, :, 2] *= 0.05                                     # a short one
+    short = capsules((2, 10, 16))                             # only short capsules: the output's largest number
+    lengths = np.geomspace(1e-3, 0.05, 20).reshape(2, 10, 1)  # is small, so the tolerance is tight on each one
+    short = (short / np.linalg.norm(short, axis=-1, keepdims=True) * lengths).astype("float32")
     return [
         Case((capsules((1, 1152, 8)), -1), batch=1),
         Case((s2, -1), "s (3, 1152, 8) with 6 zero capsules and 5 short ones (lengths 1e-4 to 0.3)", batch=3),
@@ -231,8 +234,15 @@ def _squash_cases(rng):
         Case((capsules((3, 10, 16), 30.0), -1), "s (3, 10, 16), long vectors", batch=3),
         Case((port, 1), "s (2, 16, 10) with axis=1 (capsules as columns), a zero and a short one", batch=2),
         Case((capsules((2, 4, 8, 5)), 2), "s (2, 4, 8, 5) with axis=2", batch=2),
+        Case((short, -1), "s (2, 10, 16), every capsule short (lengths 1e-3 to 0.05)", batch=2),
         Case((capsules((2, 10, 16)), -1), "s (2, 10, 16) (axis left to its default)", batch=2, npass=1),
     ]
+
+
+def _squash_reference(s, axis=-1):
+    """Eq. 1 exactly, and up to a safety epsilon of SAFETY_EPS inside the sqrt (the one tolerance policy)."""
+    return Band(squash64(s, axis), squash64(s, axis, eps=SAFETY_EPS),
+                "a safety epsilon of at most " + f"{SAFETY_EPS:.0e}".replace("e-0", "e-") + " inside the sqrt")
 
 
 def _nan_at_zero(run):
@@ -259,7 +269,7 @@ def _norm_lost_its_axis(text, run, i):
 
 def _eps_variants():
     out = {}
-    for eps in (1e-5, 1e-4, 1e-3, 1e-2, 1e-1):
+    for eps in (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1):
         out[f"eps={eps:g} inside the sqrt"] = (lambda e: lambda s, axis=-1: squash_eps(s, axis, e))(eps)
     for eps in (1e-4, 1e-3, 1e-2, 1e-1):
         out[f"eps={eps:g} added to |s|"] = (lambda e: lambda s, axis=-1: (lambda n2: n2 / (1 + n2) * s / (np.sqrt(n2) + e))(
@@ -286,18 +296,27 @@ def _squash_gradient(run):
     """Squash must be safe for training: finite gradient at s = 0 and near it, right elsewhere."""
     s, w, special = _gradient_probe()
     try:
-        y, g = value_and_grad(run.fn, s, w)
+        y, g, raw = value_and_grad(run.fn, s, w, ieee=True)
     except Exception as e:  # noqa: BLE001
         return ("fails_on_tensors", (
             f"right on NumPy arrays, but on a tensor your function raised {type(e).__name__}: "
             f"{' '.join(str(e).split())[:160]}. The check differentiates your squash, as training would: write it "
             f"with keras.ops (ops.sum, ops.square, ops.sqrt), like squash_naive above."))
     if g is None:
+        import keras
+        backend = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}.get(keras.backend.backend(),
+                                                                                   keras.backend.backend())
+        if isinstance(raw, np.ndarray) or np.isscalar(raw):
+            what = (f"returns {typename(raw)}, so no gradient can flow through it (np.* functions leave the "
+                    f"autodiff graph)")
+        else:
+            what = (f"returns {typename(raw)}, not a tensor of {backend}, the backend Keras runs on, so {backend} "
+                    f"cannot differentiate it")
         return ("not_differentiable", (
-            "right values, but for a tensor input your function returns a NumPy array, so no gradient can flow "
-            "through it (np.* functions leave the autodiff graph). The exercise asks for keras.ops, because "
-            "training differentiates squash: use ops.sum, ops.square, ops.sqrt."))
-    if not close(canon(y), squash64(s)):
+            f"right values, but for a {backend} tensor input your function {what}. The exercise asks for "
+            f"keras.ops, because training differentiates squash on whatever backend it runs: use ops.sum, "
+            f"ops.square, ops.sqrt."))
+    if not close(canon(y), _squash_reference(s)):
         return ("wrong_on_tensors", "right on NumPy arrays but not on a tensor of the same values: use keras.ops "
                                     "throughout (mixing np.* and tensors converts and reorders things).")
     bad = ~np.isfinite(g).all(axis=-1)
@@ -308,8 +327,10 @@ def _squash_gradient(run):
         return ("nan_gradient_at_zero", (
             f"the values are right — 0 at s = 0 — but the gradient is NaN or inf at {where}: the exact failure "
             f"the chapter warns about. d sqrt(x)/dx is infinite at 0, and the chain rule multiplies that by 0 to "
-            f"give NaN; ops.norm, or a where(|s| > 0, …, 0), does not stop it (autodiff still differentiates the "
-            f"branch that was not taken). Put the epsilon inside the sqrt: "
+            f"give NaN. ops.norm, a where(|s| > 0, …, 0) (autodiff still differentiates the branch that was not "
+            f"taken), an epsilon outside the sqrt or ops.maximum(norm, eps) do not stop it: the sqrt still sees "
+            f"0. (TensorFlow's sqrt gradient happens to turn that 0·∞ into 0; JAX and PyTorch give NaN, and so "
+            f"does this check, on every backend.) Put the epsilon inside the sqrt: "
             f"ops.sqrt(ops.sum(ops.square(s), axis, keepdims=True) + 1e-9)."))
     g_ref = squash_grad64(s, w)
     plain = np.ones(s.shape[:2], bool)
@@ -338,7 +359,7 @@ check_squash = register(Exercise(
     returns=Array(text="a float array (NumPy, or a tensor) of the same shape as `s`"),
     returns_dims="v, each capsule squashed to length |s|²/(1+|s|²)",
     reference_name="Eq. 1 in float64 (gradient: its closed form)",
-    make_cases=_squash_cases, reference=squash64, batch_args=(0,),
+    make_cases=_squash_cases, reference=_squash_reference, batch_args=(0,), keras_ops_only=True,
     extra_checks=(_squash_gradient,),
     mistakes=[
         Mistake("nan_at_zero",
@@ -370,8 +391,8 @@ check_squash = register(Exercise(
                     np.sqrt(np.sum(s * s, axis=axis, keepdims=True)))),
         Mistake("epsilon_too_big",
                 "right idea, but your epsilon ({variant}) is big enough to change short capsules (the check has "
-                "capsules of length 0.01 and 1e-4). Use at most 1e-7, inside the sqrt: it only has to matter when "
-                "|s| is 0.",
+                "capsules of length 1e-3 to 0.05, and 1e-4). The check accepts at most 1e-7, inside the sqrt: it "
+                "only has to matter when |s| is 0.",
                 wrong=_eps_variants()),
         Mistake("keepdims_missing",
                 "your norm lost the capsule axis, so it cannot divide s. Keep the summed axis: "
@@ -381,12 +402,16 @@ check_squash = register(Exercise(
                     np.sum(s * s, axis=axis))),
     ],
     task=("Write `my_squash(s, axis=-1)`, Eq. 1 over the given `axis`: "
-          "$v = \\frac{|s|^2}{1+|s|^2}\\frac{s}{|s|}$, with **keras.ops** (like `squash_naive` above) so that it "
-          "works on tensors and can be differentiated. It must work for primary capsules `(batch, 1152, 8)`, "
-          "digit capsules `(batch, 10, 16)`, and the TF2 port's layout `(batch, 16, 10)` with `axis=1` "
-          "(capsules as columns), and be safe where `squash_naive` is not: a zero capsule must give 0, **and the "
-          "gradient must be finite at $s = 0$** (the check differentiates your function there and next to it), "
-          "while short capsules (length 0.01) keep their exact values."),
+          "$v = \\frac{|s|^2}{1+|s|^2}\\frac{s}{|s|}$, with **keras.ops** only (like `squash_naive` above; the "
+          "check refuses code that calls TensorFlow, JAX or PyTorch itself) so that it works on tensors of every "
+          "backend and can be differentiated. It must work for primary capsules `(batch, 1152, 8)`, digit "
+          "capsules `(batch, 10, 16)`, and the TF2 port's layout `(batch, 16, 10)` with `axis=1` (capsules as "
+          "columns), and be safe where `squash_naive` is not: a zero capsule must give 0, **and the gradient must "
+          "be finite at $s = 0$ on every backend** (the check differentiates your function there and next to it, "
+          "counting 0·∞ as NaN, as JAX and PyTorch do — TensorFlow alone quietly makes it 0). Short capsules "
+          "(lengths 1e-3 to 0.05) keep their values: the check compares with Eq. 1 to the book's tolerance — 1e-4 "
+          "relative, plus 1e-6 of the output's largest number — and allows a safety epsilon of at most 1e-7 "
+          "inside the square root (it changes a capsule of length 0.01 by 0.05 %), no larger."),
     stub='''from keras import ops
 
 def my_squash(s, axis=-1):
@@ -403,8 +428,9 @@ def my_squash(s, axis=-1):
                  "$1/(2\\sqrt{|s|^2 + ε})$, stays finite too, on every backend. `where(norm > 0, …, 0)` fixes the "
                  "value but not the gradient: autodiff still differentiates the branch that was not taken, and "
                  "0 · NaN is NaN. An epsilon *outside* the sqrt (`ops.sqrt(n2) + 1e-9`) leaves a 0 · ∞ in the "
-                 "sqrt's derivative, which TensorFlow happens to evaluate to 0 and JAX to NaN. The epsilon must "
-                 "stay small — 1e-9 changes a capsule of length 0.01 by 0.0005 %; 1e-4 would change it by half."),
+                 "sqrt's derivative, which TensorFlow happens to evaluate to 0 and JAX and PyTorch to NaN — the "
+                 "check counts it as NaN, so its verdict is the same on every backend. The epsilon must stay "
+                 "small — 1e-9 changes a capsule of length 0.01 by 0.0005 %; 1e-4 would change it by half."),
     transfer="the value *and* the gradient must be safe at zero, for any axis (the port's (batch, 16, 10) layout)",
     seed=33,
 ))

@@ -271,6 +271,9 @@ check_predictions_broadcast = register(Exercise(
     reference_name="capslib.DigitCaps.predictions",
     make_cases=lambda rng: _prediction_cases(rng, rows_layout=False), reference=_predictions_reference,
     batch_args=(0,), track_memory=True, numpy_only=True, on_correct=_memory_note,
+    no_loops=("This exercise is about broadcasting: one `@` on views of u and W with size-1 axes computes every "
+              "(example, output capsule, input capsule) at once. Drop the loop (and any tensordot or @ per "
+              "capsule): put W's out_caps axis first with transpose, then W[None] @ u[:, None, :, :, None]."),
     forbid=(("einsum|c_einsum", "einsum_used",
              "your function calls einsum; this exercise is about doing without it: insert size-1 axes so that "
              "`@` (np.matmul) broadcasts W's (out_dim, in_dim) matrices against u's in_dim columns."),),
@@ -298,10 +301,12 @@ check_predictions_broadcast = register(Exercise(
                 example=lambda u, W: (W.transpose(1, 0, 2, 3)[None] @ u[:, None, :, :])[..., 0]),
     ],
     task=("Compute û in **capslib's out-major layout** `(batch, out_caps, in_caps, out_dim)` from capslib's `W` "
-          "`(in_caps, out_caps, out_dim, in_dim)`, **without einsum** (the check refuses any einsum) and without "
-          "copying `W` per example (it measures NumPy's memory at batch 2 and 10): reorder `W`'s axes with a "
-          "view and insert size-1 axes so that `@` broadcasts. Cell (c) above did it for the paper's layout; "
-          "here the output capsules come first. Sizes vary as in exercise 4.1."),
+          "`(in_caps, out_caps, out_dim, in_dim)` by broadcasting: reorder `W`'s axes with a view and insert "
+          "size-1 axes so that one `@` computes every prediction at once. Cell (c) above did it for the paper's "
+          "layout; here the output capsules come first. Sizes vary as in exercise 4.1. The check refuses any "
+          "einsum, a copy of `W` per example (it measures NumPy's memory at batch 2 and 10) and a Python loop "
+          "over the examples or the capsules — a tensordot or `@` per capsule included (it counts the lines of "
+          "your code that run: they must not grow with the sizes)."),
     stub='''import numpy as np
 
 def my_predictions_broadcast(u, W):

@@ -99,7 +99,7 @@ check_routing_iteration = register(Exercise(
     inputs=[("u_hat", "(batch, out_caps, in_caps, out_dim)", "capslib's out-major layout"),
             ("b", "(batch, out_caps, in_caps)", "the logits so far, out-major")],
     returns=Tuple([Array(_V_DIMS), Array(("batch", "out_caps", "in_caps"))],
-                  "a `tuple` `(v, b_new)` of two float arrays"),
+                  "a `tuple` `(v, b_new)` of two float arrays (NumPy, or tensors)"),
     returns_dims="v (batch, out_caps, out_dim) and b_new (batch, out_caps, in_caps)",
     reference_name="Procedure 1, one iteration in float64",
     make_cases=_step_cases, reference=_step_ref, batch_args=(0, 1),
@@ -224,7 +224,8 @@ check_routing = register(Exercise(
     signature="my_routing(u_hat, iterations=3, bias=None)",
     inputs=[("u_hat", "(batch, in_caps, out_caps, out_dim)", "the paper's layout"),
             ("iterations", "int", "r ≥ 1"), ("bias", "None or (out_caps, out_dim)", "added to every s_j")],
-    returns=Tuple([Array(_V_DIMS), Array(("batch", "in_caps", "out_caps"))], "a `tuple` `(v, c)` of two float arrays"),
+    returns=Tuple([Array(_V_DIMS), Array(("batch", "in_caps", "out_caps"))],
+                  "a `tuple` `(v, c)` of two float arrays (NumPy, or tensors)"),
     returns_dims="v (batch, out_caps, out_dim) and c (batch, in_caps, out_caps), the couplings that made v",
     reference_name="capslib.dynamic_routing(u_hat, iterations, return_coupling=True, bias=bias)",
     make_cases=_loop_cases, reference=_loop_reference, batch_args=(0,),
@@ -300,6 +301,7 @@ def _coupling_cases(rng):
         return softmax(2.0 * rng.normal(size=(b, i, j)), axis=2).astype("float32")
 
     return [
+        Case((c(1, 1152, 10), 7, 6, 6), "c (1, 1152, 10), j=7, height=6, width=6", batch=1),
         Case((c(1, 1152, 10), 0, 6, 6), "c (1, 1152, 10), j=0 (height and width left to their defaults)",
              batch=1, npass=2),
         Case((c(3, 1152, 10), 3, 6, 6), "c (3, 1152, 10), j=3, height=6, width=6", batch=3),
@@ -333,7 +335,7 @@ check_coupling_map = register(Exercise(
     inputs=[("c", "(batch, in_caps, out_caps)", "couplings, in_caps = 32·height·width in type-major order"),
             ("j", "int", "a digit capsule"), ("height", "int", "rows of the capsule grid"),
             ("width", "int", "columns of the capsule grid")],
-    returns=Array(("batch", "row", "col")),
+    returns=Array(("batch", "height", "width")),
     returns_dims="(batch, height, width): at each position, the mean over the 32 types of the couplings to j",
     reference_name="the definition, i = t·height·width + row·width + col",
     make_cases=_coupling_cases, reference=_coupling_map_reference, batch_args=(0,),

@@ -32,7 +32,8 @@ def _length_cases(rng):
 def _lengths_reference(v):
     """The exact length, and up to a safety epsilon of SAFETY_EPS inside the sqrt (one tolerance policy)."""
     n2 = np.sum(np.asarray(v, np.float64) ** 2, axis=-1)
-    return Band(np.sqrt(n2), np.sqrt(n2 + SAFETY_EPS))
+    allowance = "a safety epsilon of at most " + f"{SAFETY_EPS:.0e}".replace("e-0", "e-") + " inside the sqrt"
+    return Band(np.sqrt(n2), np.sqrt(n2 + SAFETY_EPS), allowance)
 
 
 check_capsule_lengths = register(Exercise(
@@ -40,7 +41,7 @@ check_capsule_lengths = register(Exercise(
     section="The margin loss (Eq. 4)", func="my_capsule_lengths", checker="check_capsule_lengths",
     signature="my_capsule_lengths(v)",
     inputs=[("v", "(batch, out_caps, out_dim)", "digit capsules")],
-    returns=Array(("batch", "classes")), returns_dims="(batch, out_caps): each capsule's length, in [0, 1)",
+    returns=Array(("batch", "out_caps")), returns_dims="(batch, out_caps): each capsule's length, in [0, 1)",
     reference_name="the Euclidean norm in float64 (a safety epsilon up to 1e-7 inside the sqrt allowed)",
     make_cases=_length_cases, reference=_lengths_reference, batch_args=(0,),
     mistakes=[
@@ -61,13 +62,17 @@ check_capsule_lengths = register(Exercise(
                 wrong=lambda v: np.sqrt(np.sum(v * v, axis=-1, keepdims=True))),
         Mistake("epsilon_too_big",
                 "right idea, but your epsilon ({variant}) changes short capsules: a zero capsule gets length "
-                "sqrt(eps), and one of length 0.01 moves too. Keep it at 1e-7 or below.",
+                "sqrt(eps), and one of length 1e-4 moves too. The check accepts at most 1e-7 inside the sqrt "
+                "(a zero capsule then comes out 3.2e-4 long); NumPy lengths need no epsilon at all.",
                 wrong={f"eps={e:g} inside the sqrt": (lambda e: lambda v: np.sqrt(np.sum(v * v, axis=-1) + e))(e)
-                       for e in (1e-5, 1e-4, 1e-3)}),
+                       for e in (1e-6, 1e-5, 1e-4, 1e-3)}),
     ],
     task=("Write `my_capsule_lengths(v)`: the length of each digit capsule, `(batch, out_caps, out_dim)` → "
           "`(batch, out_caps)`. These are the class probabilities the margin loss reads. The check also uses "
-          "47 capsules of 8 dims, a zero capsule and capsules of length 1e-4."),
+          "47 capsules of 8 dims, a zero capsule and capsules of length 1e-4. It compares with the exact length "
+          "and accepts a safety epsilon of at most 1e-7 inside the square root, nothing larger: each of your "
+          "lengths must lie between $|v|$ and $\\sqrt{|v|^2 + 10^{-7}}$ (a zero capsule may come out as "
+          "3.2e-4, no more), within the book's relative tolerance of 1e-4."),
     stub='''import numpy as np
 
 def my_capsule_lengths(v):
@@ -112,7 +117,7 @@ def _margin_cases(rng):
 
 def _margin_grad_reference(y, lengths):
     import capslib
-    _, g = value_and_grad(lambda l: capslib.margin_loss(y, l), np.asarray(lengths, "float32"), 1.0)
+    _, g, _ = value_and_grad(lambda l: capslib.margin_loss(y, l), np.asarray(lengths, "float32"), 1.0)
     return g
 
 

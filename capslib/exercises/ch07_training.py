@@ -81,94 +81,117 @@ check_steps_per_epoch = register(Exercise(
 # =========================================================================== 7.2 the learning rate at an epoch
 
 
-@lru_cache(maxsize=1)
-def _schedule():
+@lru_cache(maxsize=None)
+def _schedule(decay_steps=2000):
     import keras
 
     from ..train import TrainConfig, make_optimizer
-    cfg = TrainConfig(learning_rate=1e-3, decay_steps=2000, decay_rate=0.96)
+    cfg = TrainConfig(learning_rate=1e-3, decay_steps=decay_steps, decay_rate=0.96)
     return keras.optimizers.schedules.deserialize(make_optimizer(cfg).get_config()["learning_rate"])
 
 
-def _lr_reference(epoch, n_images=60000, batch_size=128):
+def _lr_reference(epoch, n_images=60000, batch_size=128, decay_steps=2000):
     step = epoch * math.ceil(n_images / batch_size)
-    return float(np_(_schedule()(step)))
+    return float(np_(_schedule(decay_steps)(step)))
 
 
-def _lr(epoch, n=60000, b=128, steps=None, staircase=False, per_step=False, linear=False, per_epoch=False):
-    s = epoch * (steps(n, b) if steps else -(-n // b))
+def _lr(epoch, n=60000, b=128, d=2000, steps=None, staircase=False, per_step=False, linear=False, per_epoch=False,
+        shift=0):
+    s = epoch * (steps(n, b) if steps else -(-n // b)) + shift
     if per_epoch:
         return 1e-3 * 0.96 ** epoch
     if per_step:
         return 1e-3 * 0.96 ** s
     if linear:
-        return 1e-3 * (1 - 0.04 * s / 2000)
-    return 1e-3 * 0.96 ** (s // 2000 if staircase else s / 2000)
+        return 1e-3 * (1 - 0.04 * s / d)
+    return 1e-3 * 0.96 ** (s // d if staircase else s / d)
 
 
-_LR_ROWS = [(10, 7996, 128), (240, 60000, 128), (1000, 4000, 32), (5, 1000, 1000), (3, 10, 3), (50, 60000, 100),
-            (2, 4000, 128)]
+# (epoch, n_images, batch_size, decay_steps). With capslib's 2,000 steps one step moves the rate by 2e-5
+# (relative), under the tolerance; short decay periods make it 4% (1 step) to 0.08% (50 steps), so an
+# answer one step off fails there.
+_LR_ROWS = [(10, 7996, 128, 2000), (240, 60000, 128, 2000), (1000, 4000, 32, 2000), (5, 1000, 1000, 2000),
+            (3, 10, 3, 2000), (50, 60000, 100, 2000), (2, 4000, 128, 2000),
+            (3, 10, 3, 1), (2, 1000, 100, 5), (1, 4000, 32, 10), (7, 60000, 128, 50), (1, 5, 8, 1)]
 
 
 def _lr_cases(rng):
-    cases = [Case(a, "epoch={}, n_images={}, batch_size={}".format(*a)) for a in _LR_ROWS]
-    cases += [Case((e, 60000, 128), f"epoch={e} (n_images and batch_size left to their defaults)", npass=1)
-              for e in (0, 1, 30, 300)]
+    cases = [Case(a, "epoch={}, n_images={}, batch_size={}, decay_steps={}".format(*a)) for a in _LR_ROWS]
+    cases += [Case((e, 60000, 128, 2000), f"epoch={e} (n_images, batch_size and decay_steps left to their defaults)",
+                   npass=1) for e in (0, 1, 30, 300)]
+    cases += [Case((4, 7996, 128, 2000), "epoch=4, n_images=7996, batch_size=128 (decay_steps left to its default)",
+                   npass=3)]
     return cases
 
 
 check_learning_rate = register(Exercise(
     id="7.2", slug="learning-rate", title="The learning rate at the start of an epoch", chapter="07_training_on_a_gpu",
     section="Optimizer, loss and metric", func="my_learning_rate", checker="check_learning_rate",
-    signature="my_learning_rate(epoch, n_images=60000, batch_size=128)",
+    signature="my_learning_rate(epoch, n_images=60000, batch_size=128, decay_steps=2000)",
     inputs=[("epoch", "int", "epochs finished so far (0 at the start)"), ("n_images", "int", "training images"),
-            ("batch_size", "int", "")],
+            ("batch_size", "int", ""), ("decay_steps", "int", "steps per ×0.96 (2,000 in capslib)")],
     returns=Number(), returns_dims="Adam's learning rate at the first step of that epoch",
-    reference_name="capslib.train.make_optimizer(TrainConfig(learning_rate=1e-3, decay_steps=2000, decay_rate=0.96))",
+    reference_name="capslib.train.make_optimizer(TrainConfig(learning_rate=1e-3, decay_steps=decay_steps, "
+                   "decay_rate=0.96))",
     make_cases=_lr_cases, reference=_lr_reference, twins=False,
     mistakes=[
         Mistake("staircase",
-                "your rate drops in steps, once every 2,000 steps. capslib (like the official code's "
-                "tf.train.exponential_decay without staircase) decays smoothly: 1e-3 · 0.96^(step / 2000), a "
-                "real-valued exponent.",
-                wrong=lambda e, n=60000, b=128: _lr(e, n, b, staircase=True)),
+                "your rate drops in steps, once every decay_steps steps. capslib (like the official code's "
+                "tf.train.exponential_decay without staircase) decays smoothly: 1e-3 · 0.96^(step / decay_steps), "
+                "a real-valued exponent.",
+                wrong=lambda e, n=60000, b=128, d=2000: _lr(e, n, b, d, staircase=True)),
         Mistake("decays_every_step",
-                "×0.96 is applied per 2,000 steps, not per step: the exponent is step / 2000.",
-                wrong=lambda e, n=60000, b=128: _lr(e, n, b, per_step=True)),
+                "×0.96 is applied per decay_steps steps, not per step: the exponent is step / decay_steps.",
+                wrong=lambda e, n=60000, b=128, d=2000: _lr(e, n, b, d, per_step=True)),
         Mistake("decays_every_epoch",
-                "×0.96 is applied per 2,000 *steps*, not per epoch: first turn the epochs into steps "
+                "×0.96 is applied per decay_steps *steps*, not per epoch: first turn the epochs into steps "
                 "(epoch × steps per epoch).",
-                wrong=lambda e, n=60000, b=128: _lr(e, n, b, per_epoch=True)),
+                wrong=lambda e, n=60000, b=128, d=2000: _lr(e, n, b, d, per_epoch=True)),
+        Mistake("decay_steps_ignored",
+                "right for capslib's 2,000 steps, wrong for other values of decay_steps: the exponent is "
+                "step / decay_steps, with the argument, not 2000.",
+                wrong=lambda e, n=60000, b=128, d=2000: _lr(e, n, b, 2000)),
         Mistake("steps_rounded_down",
                 "you counted n_images // batch_size steps per epoch, dropping the last, smaller batch: capslib's "
                 "epochs keep it, so an epoch of 60,000 images in batches of 128 is 469 steps, not 468.",
-                wrong=lambda e, n=60000, b=128: _lr(e, n, b, steps=lambda n, b: n // b)),
+                wrong=lambda e, n=60000, b=128, d=2000: _lr(e, n, b, d, steps=lambda n, b: n // b)),
         Mistake("epoch_off_by_one",
                 "you computed the rate at the *end* of the epoch (or counted epochs from 1): at the start of epoch "
                 "`epoch`, epoch × steps_per_epoch steps have been taken (0 at the start of epoch 0).",
-                wrong=lambda e, n=60000, b=128: _lr(e + 1, n, b)),
+                wrong=lambda e, n=60000, b=128, d=2000: _lr(e + 1, n, b, d)),
+        Mistake("off_by_one_step",
+                "off by one step ({variant}): the first step of epoch `epoch` is step epoch × steps_per_epoch "
+                "(epoch 0 starts at step 0, with the rate 1e-3), not one before or after it. With decay_steps = 1 "
+                "a step is a whole ×0.96.",
+                wrong={"one step early": lambda e, n=60000, b=128, d=2000: _lr(e, n, b, d, shift=-1),
+                       "one step late": lambda e, n=60000, b=128, d=2000: _lr(e, n, b, d, shift=1)}),
         Mistake("linear_decay",
-                "the decay is exponential — multiply by 0.96 per 2,000 steps — not a linear 4% per 2,000 steps.",
-                wrong=lambda e, n=60000, b=128: _lr(e, n, b, linear=True)),
+                "the decay is exponential — multiply by 0.96 per decay_steps steps — not a linear 4% per "
+                "decay_steps steps.",
+                wrong=lambda e, n=60000, b=128, d=2000: _lr(e, n, b, d, linear=True)),
     ],
-    task=("capslib trains with Adam at 1e-3, decayed ×0.96 every 2,000 steps, **smoothly** (as the official code's "
-          "`tf.train.exponential_decay`), one step per batch, the last smaller batch of an epoch included. Write "
-          "`my_learning_rate(epoch, n_images=60000, batch_size=128)`: the learning rate at the first step of epoch "
-          "`epoch` (counting from 0, so after `epoch` full epochs). What is it after the paper's 30 epochs on "
-          "MNIST, and after 300?"),
-    stub='''def my_learning_rate(epoch, n_images=60000, batch_size=128):
+    task=("capslib trains with Adam at 1e-3, decayed ×0.96 every `decay_steps` steps (2,000 in capslib), "
+          "**smoothly** (as the official code's `tf.train.exponential_decay`), one step per batch, the last "
+          "smaller batch of an epoch included. Write `my_learning_rate(epoch, n_images=60000, batch_size=128, "
+          "decay_steps=2000)`: the learning rate at the first step of epoch `epoch` (counting from 0, so after "
+          "`epoch` full epochs; epoch 0 starts at step 0, with the rate 1e-3). The check also uses short decay "
+          "periods, down to 1 step, where one step more or less is a whole ×0.96. What is the rate after the "
+          "paper's 30 epochs on MNIST, and after 300?"),
+    stub='''def my_learning_rate(epoch, n_images=60000, batch_size=128, decay_steps=2000):
     """epoch (int, from 0) -> the learning rate (float) at the first step of that epoch."""
     raise NotImplementedError''',
-    solution='''def my_learning_rate(epoch, n_images=60000, batch_size=128):
+    solution='''def my_learning_rate(epoch, n_images=60000, batch_size=128, decay_steps=2000):
     """epoch (int, from 0) -> the learning rate (float) at the first step of that epoch."""
     steps_per_epoch = -(-n_images // batch_size)       # the last, smaller batch counts: 469 for MNIST
     step = epoch * steps_per_epoch                     # steps taken before this epoch starts
-    return 1e-3 * 0.96 ** (step / 2000)                # a smooth exponential: x0.96 per 2,000 steps
+    return 1e-3 * 0.96 ** (step / decay_steps)         # a smooth exponential: x0.96 per decay_steps steps
 
 print(f"after 30 epochs: {my_learning_rate(30):.3g}; after 300: {my_learning_rate(300):.3g}")''',
     explanation=("30 epochs of 469 steps are 14,070 steps: $10^{-3}\\cdot 0.96^{7.035} = 7.5\\cdot 10^{-4}$. After 300 "
-                 "epochs, $5.7\\cdot 10^{-5}$ — the rate keeps falling; nothing in the schedule stops it at a floor."),
-    transfer="composes steps per epoch with the schedule, for any data size and late epochs",
+                 "epochs, $5.7\\cdot 10^{-5}$ — the rate keeps falling; nothing in the schedule stops it at a floor. "
+                 "With 2,000 steps per ×0.96 one step changes the rate by only 0.002 %, so counting the steps "
+                 "exactly only shows with short decay periods."),
+    transfer="composes steps per epoch with the schedule, for any data size, decay period and late epochs",
     seed=72,
 ))
 

@@ -8,8 +8,10 @@ One :class:`Exercise` per task. A checker made by :func:`register` runs :func:`j
 2. rejects an answer that changes its inputs in place, returns something other than the type
    the task states (:class:`Int`, :class:`Number`, :class:`Array`, :class:`Tuple`, :class:`Dict`,
    :class:`ShapeTuple`), breaks an instruction of the task (``forbid``: a function that must not
-   be called, e.g. an einsum; ``numpy_only``; ``track_memory``: no copy of a weight per example),
-   or fails an exercise's extra check (e.g. squash's gradient at zero);
+   be called, e.g. an einsum; ``numpy_only``; ``keras_ops_only``: no TensorFlow, JAX or torch named
+   in the code; ``no_loops``: the lines of your code that run must not grow with the sizes;
+   ``track_memory``: no copy of a weight per example), or fails an exercise's extra
+   check (e.g. squash's gradient at zero, taken as JAX and PyTorch take it on every backend);
 3. compares the values with the exercise's reference under one tolerance policy (:func:`close`);
 4. names a catalogued :class:`Mistake` only when that mistake reproduces your output on every
    case; otherwise describes what is wrong (shape in named dims, NaN, largest difference), and
@@ -19,9 +21,10 @@ One :class:`Exercise` per task. A checker made by :func:`register` runs :func:`j
 Tolerance policy, for every exercise: integers must be exact; a float (a number or an entry of an
 array) passes when ``|got - want| <= RTOL·|want| + ATOL·scale``, ``scale`` being the largest
 ``|want|`` of that output (1 if it is all zeros), compared in float64. A safety epsilon of at most
-``SAFETY_EPS`` = 1e-7 inside or outside a square root always passes (where it could move a value
-by more than the tolerance — a length at zero is ``sqrt(1e-7)`` — the reference is a :class:`Band`
-from the exact value to the value with that epsilon).
+``SAFETY_EPS`` = 1e-7 inside or outside a square root always passes in value (where it could move
+a value by more than the tolerance — a length at zero is ``sqrt(1e-7)``, a squashed capsule of
+length 0.01 moves by 5e-4 — the reference is a :class:`Band` from the exact value to the value with
+that epsilon); squash's gradient check still refuses one outside the sqrt (sqrt'(0) stays in the chain).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import re
 import sys
 import textwrap
 import tracemalloc
+import types
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -86,13 +90,36 @@ class Returns:
 
 
 def _none(what):
+    if what != "your output":               # an item inside a tuple or dict: the function did return
+        return None, f"{what} is None, not a value", "wrong_type"
     return None, f"{what} is None — did you forget `return`?", "returned_none"
+
+
+INT_NOTE = "a NumPy integer is fine too, a float is not"          # what Int accepts, in every task's text
+INTS_NOTE = "NumPy integers are fine too, floats are not"
+
+
+def _holds_ints(spec):
+    """Does a return type hold ints (so its text must say that NumPy integers pass and floats do not)?"""
+    if isinstance(spec, (Int, ShapeTuple)):
+        return True
+    if isinstance(spec, Tuple):
+        return any(_holds_ints(s) for s in spec.items)
+    if isinstance(spec, Dict):
+        return any(_holds_ints(s) for s in spec.keys.values())
+    return False
+
+
+def _with_int_note(text, specs):
+    if any(_holds_ints(s) for s in specs) and "NumPy integer" not in text:
+        return f"{text} ({INTS_NOTE})"
+    return text
 
 
 class Int(Returns):
     """A Python ``int`` (a NumPy integer scalar is accepted; a float, even 20.0, is not)."""
 
-    text = "an `int`"
+    text = f"an `int` ({INT_NOTE})"
 
     def __init__(self, text=None):
         self.text = text or self.text
@@ -168,7 +195,8 @@ class Tuple(Returns):
     """A Python ``tuple`` of items (a list is not a tuple)."""
 
     def __init__(self, items, text):
-        self.items, self.text = list(items), text
+        self.items = list(items)
+        self.text = _with_int_note(text, self.items)
 
     def normalize(self, value, what="your output"):
         if value is None:
@@ -189,7 +217,7 @@ class Tuple(Returns):
 class ShapeTuple(Returns):
     """A shape: a Python ``tuple`` of ints (its length is compared with the reference's)."""
 
-    text = "a `tuple` of ints"
+    text = f"a `tuple` of ints ({INTS_NOTE})"
 
     def __init__(self, text=None):
         self.text = text or self.text
@@ -201,6 +229,10 @@ class ShapeTuple(Returns):
             return None, f"{what} should be a tuple of ints, got {typename(value)}", "wrong_type"
         out = []
         for k, v in enumerate(value):
+            if v is None:
+                return None, (f"{what}[{k}] is None. Keras writes a size it does not know yet — the batch, in a "
+                              f"layer's output shape — as None, but here every size is given: use them (the batch "
+                              f"dimension is the `batch` you were passed)"), "unknown_dim"
             canon, problem, name = Int().normalize(v, f"{what}[{k}]")
             if problem:
                 return None, problem, name
@@ -212,7 +244,8 @@ class Dict(Returns):
     """A ``dict`` with (at least) the given keys, each value of its own type."""
 
     def __init__(self, keys, text):
-        self.keys, self.text = dict(keys), text
+        self.keys = dict(keys)
+        self.text = _with_int_note(text, self.keys.values())
 
     def normalize(self, value, what="your output"):
         if value is None:
@@ -238,11 +271,13 @@ class Dict(Returns):
 
 @dataclass(frozen=True)
 class Band:
-    """A reference that may lie anywhere between ``lo`` and ``hi`` (e.g. the exact value and the
-    value with a safety epsilon of SAFETY_EPS), elementwise, plus the usual tolerance."""
+    """A reference that may lie anywhere between ``lo``, the exact value, and ``hi`` (e.g. the value with
+    a safety epsilon of SAFETY_EPS), elementwise, plus the usual tolerance. ``allowance`` says in words
+    what moves a value from lo towards hi (for the messages: "expected" is always the exact value)."""
 
     lo: np.ndarray
     hi: np.ndarray
+    allowance: str = "what the task allows"
 
     @property
     def shape(self):
@@ -457,6 +492,8 @@ class Exercise:
     memory_weight: int = 1        # the argument whose per-example copies the memory check looks for
     forbid: tuple = ()            # (regex on a called function's name, mistake name, hint)
     numpy_only: bool = False      # calling TensorFlow/keras/JAX/torch is refused
+    keras_ops_only: bool = False  # code that names TensorFlow, JAX or torch itself is refused (keras.ops only)
+    no_loops: str = ""            # if set (the hint): a Python loop whose length grows with the sizes is refused
     extra_checks: tuple = ()      # check(run) → None or (mistake name, hint): run on right values
     on_correct: Callable | None = None     # an extra line for a correct answer: on_correct(run) → str
     judge: Callable | None = None          # a custom verdict on wrong values: judge(run) → Verdict | None
@@ -575,7 +612,7 @@ def describe_args(ex, args, npass=None):
 
 
 class _Outcome:
-    __slots__ = ("value", "error", "peak", "not_implemented", "modified", "frameworks", "called")
+    __slots__ = ("value", "error", "peak", "not_implemented", "modified", "frameworks", "called", "lines")
 
     def __init__(self):
         self.value = None
@@ -585,6 +622,7 @@ class _Outcome:
         self.modified = []
         self.frameworks = set()
         self.called = set()
+        self.lines = None                   # lines of your own code executed (when counted)
 
 
 def _copy(x):
@@ -640,13 +678,109 @@ class _Tracer:
                 self.hits.add(p.pattern)
 
 
-def call(fn, args, track_memory=False, trace=None):
+_BACKEND_LIBS = ("tensorflow", "jax", "jaxlib", "torch")
+_MISSING = object()
+
+
+def _library_of(obj):
+    """'tensorflow', 'jax' or 'torch' if obj is (or comes from) one of those modules, else None."""
+    if isinstance(obj, types.ModuleType):
+        name = obj.__name__
+    else:
+        try:
+            name = getattr(obj, "__module__", None) or type(obj).__module__ or ""
+        except Exception:  # noqa: BLE001
+            return None
+    root = str(name).split(".")[0]
+    return ("jax" if root == "jaxlib" else root) if root in _BACKEND_LIBS else None
+
+
+def _codes(code):
+    yield code
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            yield from _codes(c)
+
+
+def backend_libraries(fn):
+    """{library: the name that reaches it} for TensorFlow, JAX and torch named by fn's code: its imports,
+    the globals and closure variables it reads, and the helper functions of its own module it calls
+    (followed the same way). keras, capslib and NumPy are not listed — they are what a keras.ops answer uses."""
+    import dis
+    found, seen = {}, set()
+    module = getattr(fn, "__module__", None)
+
+    def check(obj, name):
+        lib = _library_of(obj)
+        if lib:
+            found.setdefault(lib, name)
+        elif isinstance(obj, types.FunctionType) and obj.__module__ == module:
+            visit(obj)
+
+    def visit(f):
+        if id(f) in seen or not isinstance(f, types.FunctionType):
+            return
+        seen.add(id(f))
+        glob = f.__globals__
+        builtins_ = glob.get("__builtins__", {})
+        builtins_ = builtins_ if isinstance(builtins_, dict) else vars(builtins_)
+        for name, cell in zip(f.__code__.co_freevars, f.__closure__ or ()):
+            try:
+                check(cell.cell_contents, name)
+            except ValueError:                      # an empty cell
+                pass
+        for code in _codes(f.__code__):
+            for ins in dis.get_instructions(code):
+                arg = ins.argval if isinstance(ins.argval, str) else ""
+                if ins.opname in ("IMPORT_NAME", "IMPORT_FROM") or ins.opname.startswith(("LOAD_ATTR", "LOAD_METHOD")):
+                    if arg.split(".")[0] in _BACKEND_LIBS:
+                        found.setdefault("jax" if arg.startswith("jaxlib") else arg.split(".")[0], arg)
+                elif ins.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+                    obj = glob.get(arg, builtins_.get(arg, _MISSING))
+                    if obj is not _MISSING:
+                        check(obj, arg)
+
+    try:
+        visit(fn)
+    except Exception:  # noqa: BLE001 — an unusual callable: nothing to say about it
+        return {}
+    return found
+
+
+def _is_library(filename):
+    return ("site-packages" in filename or "dist-packages" in filename or "/lib/python" in filename
+            or os.path.abspath(filename).startswith(PACKAGE_DIR) or filename.startswith("<frozen"))
+
+
+class _LineCounter:
+    """A sys.settrace hook: how many lines of the student's own code (not a library's, not this
+    package's) ran — a Python loop over the data makes it grow with the sizes."""
+
+    def __init__(self):
+        self.lines = 0
+        self._library = {}
+
+    def __call__(self, frame, event, arg):
+        code = frame.f_code
+        lib = self._library.get(code)
+        if lib is None:
+            lib = self._library[code] = _is_library(code.co_filename)
+        return None if lib else self._local
+
+    def _local(self, frame, event, arg):
+        if event == "line":
+            self.lines += 1
+        return self._local
+
+
+def call(fn, args, track_memory=False, trace=None, count_lines=False):
     """fn(*args) on copies of args, NumPy warnings silenced (nothing may reach stderr in the book)."""
     passed = _copy(tuple(args))
     pristine = _copy(passed)
     out = _Outcome()
     started = False
     tracer = _Tracer(trace) if trace is not None else None
+    counter = _LineCounter() if count_lines else None
     value = None
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -659,18 +793,23 @@ def call(fn, args, track_memory=False, trace=None):
                     tracemalloc.start()
                     started = True
                     base = 0
-            old_profile = sys.getprofile()
+            old_profile, old_trace = sys.getprofile(), sys.gettrace()
             collecting = gc.isenabled()
             try:
-                if tracer is not None:
+                if tracer is not None or counter is not None:
                     gc.disable()                  # a finalizer run by the collector is not the student's call
+                if tracer is not None:
                     sys.setprofile(tracer)
+                if counter is not None:
+                    sys.settrace(counter)
                 value = fn(*passed)
             finally:
+                if counter is not None:
+                    sys.settrace(old_trace)
                 if tracer is not None:
                     sys.setprofile(old_profile)
-                    if collecting:
-                        gc.enable()
+                if (tracer is not None or counter is not None) and collecting:
+                    gc.enable()
                 if track_memory:
                     out.peak = tracemalloc.get_traced_memory()[1] - base
                     if started:
@@ -684,6 +823,8 @@ def call(fn, args, track_memory=False, trace=None):
         out.error = e
     if tracer is not None:
         out.called, out.frameworks = tracer.hits, tracer.frameworks
+    if counter is not None:
+        out.lines = counter.lines
     out.modified = [k for k, (a, b) in enumerate(zip(passed, pristine)) if not _same(a, b)]
     return out
 
@@ -715,7 +856,7 @@ class Run:
         ex, case = self.ex, self.cases[i]
         trace = tuple(p for p, _, _ in ex.forbid) if (fn is None and (ex.forbid or ex.numpy_only)) else None
         return call(fn or self.fn, self.ex.passed(i) if args is None else args,
-                    ex.track_memory and case.memory and fn is None, trace)
+                    ex.track_memory and case.memory and fn is None, trace, bool(ex.no_loops) and fn is None)
 
     def ok(self, i):
         return self.got[i] is not None and close(self.got[i], self.expected(i))
@@ -809,13 +950,23 @@ def _value_message(run, i):
         if isinstance(w, (np.ndarray, Band)):
             if g.shape != w.shape:
                 return _shape_message(g, w if isinstance(w, np.ndarray) else w.hi, dims, name)
-            w64 = w.hi if isinstance(w, Band) else w
+            w64 = w.lo if isinstance(w, Band) else w          # the exact value
             bad = ~np.isfinite(g)
             if bad.any():
                 idx = tuple(int(k) for k in np.argwhere(bad)[0])
                 return (f"{name} has NaN or inf at index {idx} ({int(bad.sum())} such entries) where "
                         f"{run.ex.reference_name} gives {w64[idx]:.6g}. A division by zero, or the sqrt of a "
                         f"negative number?")
+            if isinstance(w, Band):
+                lo, hi = np.minimum(w.lo, w.hi), np.maximum(w.lo, w.hi)
+                out = np.maximum(lo - g, g - hi)                # how far outside the allowed range
+                idx = tuple(int(k) for k in np.unravel_index(np.argmax(out), out.shape))
+                if abs(w.hi[idx] - w.lo[idx]) < 0.1 * out[idx]:       # the allowance does not matter there
+                    return (f"wrong values in {name}: the largest difference from {run.ex.reference_name} is "
+                            f"{out[idx]:.3g}, at index {idx} (expected {w.lo[idx]:.6g}, got {g[idx]:.6g}).")
+                return (f"wrong values in {name}: at index {idx} the exact value is {w.lo[idx]:.6g} and "
+                        f"{w.allowance} allows up to {w.hi[idx]:.6g}, but you gave {g[idx]:.6g} — "
+                        f"{out[idx]:.3g} outside that range, the largest gap of your output.")
             diff = np.abs(g - w64)
             idx = tuple(int(k) for k in np.unravel_index(np.argmax(diff), diff.shape))
             return (f"wrong values in {name}: the largest difference from {run.ex.reference_name} is "
@@ -903,6 +1054,7 @@ def judge(ex: Exercise, fn) -> Verdict:
     fn_name = getattr(fn, "__name__", ex.func)
     run = Run(ex, fn)
     n = run.n
+    snapshot = _snapshot(fn)                # what a fresh copy of fn needs (a stale-answer check, step 12)
 
     # 1. call it on every case, then once more on the first; the untouched stub stops here
     for i in range(n):
@@ -920,11 +1072,18 @@ def judge(ex: Exercise, fn) -> Verdict:
     for i in range(n):
         if run.outcomes[i].modified:
             names = [ex.inputs[k][0] for k in run.outcomes[i].modified]
+            changed = f"{' and '.join('`' + x + '`' for x in names)}"
+            if all(isinstance(run.args(i)[k], (list, dict)) for k in run.outcomes[i].modified):
+                how = (f"A caller's list must come back as it went in: work on a copy or a new list "
+                       f"(`list({names[0]})`, `{names[0]}[::-1]`, `reversed({names[0]})`, `sorted(...)`), not "
+                       f"`.reverse()`, `.sort()`, `.pop()`, `.append()`, `del` or an assignment to one of its "
+                       f"items.")
+            else:
+                how = ("A caller's arrays must come back as they went in: compute into a new array (`v = v * keep`, "
+                       "not `v *= keep`; `b = b + a`, not `b += a`; no assignment into a slice or a view of an "
+                       "input such as `x[...] = 0`).")
             return verdict(ex, "mistake", (
-                f"your function changed its input{'s' if len(names) > 1 else ''} "
-                f"{' and '.join('`' + x + '`' for x in names)} in place. A caller's arrays must come back as "
-                f"they went in: compute into a new array (`v = v * keep`, not `v *= keep`; `b = b + a`, not "
-                f"`b += a`; no assignment into a slice or a view of an input such as `x[...] = 0`)."),
+                f"your function changed its input{'s' if len(names) > 1 else ''} {changed} in place. {how}"),
                 "input_modified", run.label(i))
 
     # 4. instructions: forbidden functions, frameworks in a NumPy-only exercise
@@ -938,6 +1097,19 @@ def judge(ex: Exercise, fn) -> Verdict:
                 f"this exercise is NumPy only (the check measures the memory NumPy allocates, which it "
                 f"cannot see inside {', '.join(sorted(o.frameworks))}): write it with np.* functions and "
                 f"operators."), "not_numpy", run.label(i))
+
+    if ex.no_loops:
+        found = _loop_over_the_data(run)
+        if found:
+            return verdict(ex, "mistake", found + " " + ex.no_loops, "python_loop")
+    if ex.keras_ops_only:
+        used = backend_libraries(fn)
+        if used:
+            names = ", ".join(f"{lib} (`{how}`)" for lib, how in sorted(used.items()))
+            return verdict(ex, "mistake", (
+                f"your function uses {names} directly. The task asks for keras.ops, so that the same code runs "
+                f"on every backend Keras runs on — TensorFlow, JAX and PyTorch: ops.sum, ops.square, ops.sqrt, "
+                f"ops.where, … instead."), "not_keras_ops")
 
     # 5. the return type the task states
     for i in range(n):
@@ -993,13 +1165,15 @@ def judge(ex: Exercise, fn) -> Verdict:
             "something survives from one call to the next (a global, a default argument that is a "
             "mutable array, a cache). Each call must start from scratch."), "state_between_calls", run.label(0))
 
-    # 10. right with every argument passed, wrong with the defaults
+    # 10. right with every argument passed, wrong with the defaults — and right on that same input
+    #     when the defaulted arguments are passed explicitly (else the defaults are not the problem)
     defaults_cases = [i for i in range(n) if run.cases[i].npass is not None]
     if defaults_cases and all(ok[i] for i in range(n) if i not in defaults_cases):
         i = next(i for i in defaults_cases if not ok[i])
-        return verdict(ex, "mistake", (
-            f"right when every argument is passed, wrong when the defaulted ones are left out. The task's "
-            f"signature is {ex.signature}: check your default values."), "wrong_default", run.label(i))
+        if _right_with(run, i, run.call(i, args=run.args(i))):
+            return verdict(ex, "mistake", (
+                f"right when every argument is passed, wrong when the defaulted ones are left out. The task's "
+                f"signature is {ex.signature}: check your default values."), "wrong_default", run.label(i))
 
     # 11. a named mistake that reproduces your output on every input
     bad = next(i for i in range(n) if not ok[i])
@@ -1015,7 +1189,8 @@ def judge(ex: Exercise, fn) -> Verdict:
             return verdict(ex, "mistake", _hint(m, fields=found if isinstance(found, dict) else None),
                            m.name, run.label(bad))
 
-    # 12. the same answer for two inputs of the same shape (a cache keyed on the shape?)
+    # 12. stale answers: the same answer for two inputs of the same shape (a cache keyed on the shape?),
+    #     state between calls, or an input that a fresh copy of the function gets right
     for i in range(n):
         k = run.cases[i].twin_of
         if k is not None and not ok[i] and ok[k] and close(run.got[i], run.got[k]) \
@@ -1029,6 +1204,14 @@ def judge(ex: Exercise, fn) -> Verdict:
             "calling it again on the first input gave a different answer: something survives from one "
             "call to the next (a global, a mutable default argument). Each call must start from scratch."),
             "state_between_calls", run.label(0))
+    fresh = _fresh_copy(fn, snapshot)                 # fn as it was before the check's first call
+    if fresh is not None and _right_with(run, bad, run.call(bad, fn=fresh)):
+        return verdict(ex, "mistake", (
+            "wrong on this input after the inputs before it, yet a fresh copy of your function (its globals, "
+            "closure and defaults as they were before the check) gets it right when this input comes first: "
+            "something kept from an earlier call — a cache keyed on part of the input (a length, a shape), a "
+            "global, a mutable default argument — gives a stale answer. Compute the answer from the values every "
+            "time."), "stale_result", run.label(bad))
 
     # 13. not recognised: shapes, NaN, values — in named dims, with the first input that fails
     text = _value_message(run, bad)
@@ -1037,6 +1220,87 @@ def judge(ex: Exercise, fn) -> Verdict:
                  f"comes out right: something mixes the examples (a reduction over the batch axis 0?) or "
                  f"carries state from one example to the next.")
     return verdict(ex, "wrong", text, None, run.label(bad))
+
+
+LOOP_LINES = 5   # this many more lines of your code on one input than on another is a loop over the data
+                 # (a branch for a special case adds a line or two; a loop over 3 vs 10 capsules adds 7+)
+
+
+def _loop_over_the_data(run):
+    """A sentence if the lines of the student's code that ran grow with the inputs' sizes, else None."""
+    counted = [(run.outcomes[i].lines, i) for i in range(run.n)
+               if run.outcomes[i].lines is not None and run.cases[i].twin_of is None]
+    if len(counted) < 2:
+        return None
+    (few, i), (many, k) = min(counted), max(counted)
+    if many - few < LOOP_LINES:
+        return None
+    return (f"your function runs a Python loop over the data: your code ran {many} lines for the input "
+            f"{run.label(k)}, but {few} for {run.label(i)}.")
+
+
+def _right_with(run, i, outcome):
+    """Is this outcome (another call on case i's input) the right answer for case i?"""
+    if outcome.error is not None or outcome.not_implemented:
+        return False
+    got, problem, _ = run.ex.returns.normalize(outcome.value)
+    return problem is None and close(got, run.expected(i))
+
+
+_MUTABLE = (dict, list, set, bytearray, np.ndarray)
+
+
+def _global_names(code):
+    import dis
+    return {ins.argval for c in _codes(code) for ins in dis.get_instructions(c)
+            if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME", "STORE_GLOBAL") and isinstance(ins.argval, str)}
+
+
+def _snapshot(fn):
+    """Deep copies of the mutable state fn can keep between calls — the containers among the globals
+    its code names, its closure's contents, its defaults — taken before the first call; None when fn
+    is not a plain function or its state cannot be copied."""
+    import copy
+    if not isinstance(fn, types.FunctionType):
+        return None
+    try:
+        glob = {name: copy.deepcopy(fn.__globals__[name]) for name in _global_names(fn.__code__)
+                if name in fn.__globals__ and isinstance(fn.__globals__[name], _MUTABLE)}
+        cells = []
+        for cell in fn.__closure__ or ():
+            try:
+                value = cell.cell_contents
+            except ValueError:
+                cells.append(cell)
+                continue
+            cells.append(types.CellType(copy.deepcopy(value)) if isinstance(value, _MUTABLE) else cell)
+        return glob, cells, copy.deepcopy(fn.__defaults__), copy.deepcopy(fn.__kwdefaults__)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _fresh_copy(fn, snapshot):
+    """fn as it was before the check (from its snapshot), as a new function; None if there is none."""
+    import copy
+    if snapshot is None:
+        return None
+    glob, cells, defaults, kwdefaults = snapshot
+    try:
+        namespace = dict(fn.__globals__)
+        namespace.update(copy.deepcopy(glob))
+        closure = tuple(types.CellType(copy.deepcopy(c.cell_contents)) if _holds_mutable(c) else c for c in cells)
+        new = types.FunctionType(fn.__code__, namespace, fn.__name__, copy.deepcopy(defaults), closure or None)
+        new.__kwdefaults__ = copy.deepcopy(kwdefaults)
+        return new
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _holds_mutable(cell):
+    try:
+        return isinstance(cell.cell_contents, _MUTABLE)
+    except ValueError:
+        return False
 
 
 def _error_matches(m, text, run, i):
@@ -1049,6 +1313,17 @@ def _error_matches(m, text, run, i):
         except Exception:  # noqa: BLE001
             return False
     return re.search(m.error, text, re.S) is not None
+
+
+def _raised_by_the_call(e):
+    """A TypeError raised while binding the arguments (no frame of the function itself ran)?"""
+    if not isinstance(e, TypeError) or e.__traceback__ is None:
+        return False
+    import traceback
+    frames = traceback.extract_tb(e.__traceback__)
+    return (bool(frames) and os.path.abspath(frames[-1].filename) == os.path.abspath(__file__)
+            and re.search(r"positional argument|unexpected keyword argument|required (positional|keyword)", str(e))
+            is not None)
 
 
 def _judge_errors(run, errs):
@@ -1064,6 +1339,11 @@ def _judge_errors(run, errs):
             f"when the defaulted ones were left out. The task's signature is {ex.signature}: "
             + ("give those arguments their defaults." if missing else "check your default values.")),
             "default_missing" if missing else "wrong_default", run.label(k))
+    if _raised_by_the_call(run.outcomes[i].error):
+        return verdict(ex, "mistake", (
+            f"your function cannot be called with the task's arguments — {short(text)}. The task's signature is "
+            f"{ex.signature}: give your function exactly these parameters, in this order."),
+            "signature_mismatch", run.label(i))
     for m in ex.mistakes:
         if _error_matches(m, text, run, i):
             return verdict(ex, "mistake", _hint(m) + f"\n  (your function raised {short(text)})", m.name,
