@@ -452,15 +452,18 @@ def main(argv=None):
             s.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     sub.add_parser("list", help="what is shipped, with its record's scores")
     args = p.parse_args(argv)
-    if args.action == "list":
+    if args.action == "list":                                  # a Markdown table (the README's)
+        print("| name | parameters | epochs | held-out scores of the shipped weights | file |\n|---|---|---|---|---|")
         for name in NAMES:
             path = reference_dir() / f"{name}.json"
             if path.exists():
                 rec = json.loads(path.read_text())
-                scores = ", ".join(f"{k} {100 * v:.2f}%" for k, v in rec["evaluation"].items() if isinstance(v, float))
-                print(f"{name}: {rec['parameters']:,} parameters, {rec['training']['epochs_run']} epochs, {scores}")
+                scores = ", ".join(f"{k.replace('_', ' ')} {100 * v:.2f}%" for k, v in rec["evaluation"].items()
+                                   if isinstance(v, float))
+                print(f"| `{name}` | {rec['parameters']:,} | {rec['training']['epochs_run']} | {scores} | "
+                      f"{rec['weights']['bytes'] / 2**20:.1f} MiB |")
             else:
-                print(f"{name}: not exported (run `{REBUILD}`)")
+                print(f"| `{name}` | not exported (run `{REBUILD}`) | | | |")
         return 0
     names = list(NAMES) if args.names == ["all"] else args.names
     for name in names:

@@ -41,3 +41,22 @@ def test_init_comparison_quick_runs_the_variants_it_names(tmp_path):
     for r in saved["results"]:
         assert len(r["epochs"]) == 1 and 0 <= r["final"]["accuracy"] <= 1
         assert r["final"]["reconstruction_mse"] > 0 and r["params"] == 8_215_728
+
+
+def test_reference_models_report_prints_every_record(tmp_path, capsys):
+    # The RESULTS.md section is regenerated from the records: every model, every epoch, the targets.
+    from capslib import pretrained
+    assert _load("reference_models").main([]) == 0
+    text = capsys.readouterr().out
+    for name in pretrained.NAMES:
+        rec = json.loads((pretrained.reference_dir() / f"{name}.json").read_text())
+        assert f"### `{name}`" in text and f"{rec['parameters']:,} parameters" in text
+        assert f"| {rec['training']['epochs_run']} |" in text
+    assert "| held-out accuracy | >= 99.00% |" in text
+    empty = _load("reference_models")
+    try:
+        empty.main(["--dir", str(tmp_path)])
+    except SystemExit as e:
+        assert "make reference-models" in str(e)
+    else:
+        raise AssertionError("an empty directory must be refused")

@@ -144,3 +144,15 @@ def test_book_model_is_the_reference_model_in_quick_mode(monkeypatch):
     assert record["name"] == "mnist" and "weights" in record
     note = runmode.model_note(record)
     assert note.startswith("reference model `mnist`") and "make reference-models" in note
+
+
+def test_list_prints_the_readme_table(capsys, tmp_path, monkeypatch):
+    assert pretrained.main(["list"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].startswith("| name | parameters |") and len(rows) == 2 + len(pretrained.NAMES)
+    for name, row in zip(pretrained.NAMES, rows[2:]):
+        rec = json.loads((pretrained.reference_dir() / f"{name}.json").read_text())
+        assert row.startswith(f"| `{name}` | {rec['parameters']:,} | {rec['training']['epochs_run']} |")
+    monkeypatch.setenv("CAPSLIB_REFERENCE_DIR", str(tmp_path))      # nothing exported there
+    pretrained.main(["list"])
+    assert "not exported (run `make reference-models`)" in capsys.readouterr().out
