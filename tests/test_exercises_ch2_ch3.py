@@ -8,38 +8,9 @@ import pytest
 from keras import ops
 
 from capslib import exercises as E
+from mutation_suite import registry, run_right, run_wrong
 
-WRONG, RIGHT = [], []
-
-
-def wrong(ex_id, expect=None):
-    """expect: None (any refusal), a mistake name, or ("not", names…): refused, but not under those names."""
-    def deco(fn):
-        WRONG.append((ex_id, fn.__name__, fn, expect))
-        return fn
-    return deco
-
-
-def right(ex_id):
-    def deco(fn):
-        RIGHT.append((ex_id, fn.__name__, fn))
-        return fn
-    return deco
-
-
-def run_wrong(ex_id, fn, expect):
-    v = getattr(E, E.exercise(ex_id).checker)(fn, quiet=True)
-    assert not v and v.status != "correct", v.message
-    if isinstance(expect, str):
-        assert v.mistake == expect, v.message
-    elif isinstance(expect, tuple):
-        assert v.mistake not in expect[1:], v.message
-    return v
-
-
-def run_right(ex_id, fn):
-    v = getattr(E, E.exercise(ex_id).checker)(fn, quiet=True)
-    assert v.status == "correct", v.message
+WRONG, RIGHT, wrong, right = registry()
 
 
 # =========================================================================== 2.1 conv output size

@@ -5,23 +5,9 @@ import numpy as np
 import pytest
 
 from capslib import exercises as E
-from test_exercises_ch2_ch3 import run_right, run_wrong
+from mutation_suite import registry, run_right, run_wrong
 
-WRONG, RIGHT = [], []
-
-
-def wrong(ex_id, expect=None):
-    def deco(fn):
-        WRONG.append((ex_id, fn.__name__, fn, expect))
-        return fn
-    return deco
-
-
-def right(ex_id):
-    def deco(fn):
-        RIGHT.append((ex_id, fn.__name__, fn))
-        return fn
-    return deco
+WRONG, RIGHT, wrong, right = registry()
 
 
 # =========================================================================== 4.1 û from W_rows, out-major
