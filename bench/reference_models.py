@@ -47,6 +47,16 @@ def section(records):
                 f"{env['backend']}. {t['epochs_run']} epochs; stopped: {t['stopped']}. Seconds per epoch "
                 "are wall time on a machine running two trainings at once: not a speed measurement.", ""]
         out += _epoch_table(t["history"]) + [""]
+        stage = t.get("decoder_stage")
+        if stage:
+            marks = sorted({1, *range(10, stage["epochs"] + 1, 10), stage["epochs"]})
+            out += [f"Stage 2: {stage['what']}; {stage['data']}; {stage['loss']}. Held-out reconstruction "
+                    f"MSE per pixel (the decoder fed the longest capsule) before it: "
+                    f"{stage['reconstruction_mse_before']:.4f}.", "",
+                    "| decoder epoch | " + " | ".join(str(m) for m in marks) + " |",
+                    "|---|" + "---|" * len(marks),
+                    "| held-out reconstruction MSE | " + " | ".join(
+                        f"{stage['history'][m - 1]['reconstruction_mse']:.4f}" for m in marks) + " |", ""]
         scores = ", ".join(f"{k.replace('_', ' ')} {_pct(v)}" for k, v in ev.items() if isinstance(v, float))
         out += [f"The shipped float16 weights, measured at export ({ev['date']}) on {ev['data']}: {scores}.", ""]
         if name == "mnist":

@@ -114,8 +114,10 @@ def model_note(record) -> str:
         t, ev = record["training"], record["evaluation"]
         score = ", ".join(f"{_metric(k)} {100 * v:.2f}%" for k, v in ev.items() if isinstance(v, float))
         env = t["environment"]
+        stage = t.get("decoder_stage")
+        then = (f", then its decoder alone for {stage['epochs']} epochs (capsules frozen)" if stage else "")
         return (f"reference model `{record['name']}` ({record['parameters']:,} parameters): trained by "
-                f"`{t['command'].split('  ')[0]}`, {t['epochs_run']} epochs on {t['data'].split(';')[0]}; "
+                f"`{t['command'].split('  ')[0]}`, {t['epochs_run']} epochs on {t['data'].split(';')[0]}{then}; "
                 f"{score} on held-out data; {env['device']}, {env['date']}, commit {str(env['commit'])[:7]}")
     last = record["epochs"][-1]
     acc = last.get("val_categorical_accuracy")

@@ -138,6 +138,28 @@ def test_train_resume_export_load_round_trip(tmp_path):
     assert measured == {k: rec["evaluation"][k] for k in measured}
 
 
+def test_decoder_stage_trains_the_decoder_and_nothing_else():
+    import keras
+
+    from capslib import data as capsdata
+    ds = capsdata.subset(capsdata.load_mnist(), 128, 64)
+    keras.utils.set_random_seed(0)
+    model = pretrained._build(pretrained._arch("mnist"))
+    before = {w.path: keras.ops.convert_to_numpy(w).copy() for w in model.weights}
+    entries = pretrained.train_decoder(model, ds, epochs=2, copies=2, verbose=0)
+    assert [e["epoch"] for e in entries] == [1, 2] and all(e["reconstruction_mse"] > 0 for e in entries)
+    changed = {w.path for w in model.weights if not np.array_equal(keras.ops.convert_to_numpy(w), before[w.path])}
+    assert {w.path for w in model.decoder.weights} == changed, sorted(changed)   # all of the decoder, nothing else
+
+
+def test_mnist_record_shows_the_decoder_stage():
+    # Stage 2 is in the record, and its effect is measured: the decoder alone, capsules frozen.
+    t = json.loads((pretrained.reference_dir() / "mnist.json").read_text())["training"]
+    stage = t["decoder_stage"]
+    assert stage["epochs"] == len(stage["history"]) == pretrained.SPECS["mnist"]["decoder_stage"]["epochs"]
+    assert stage["history"][-1]["reconstruction_mse"] < stage["reconstruction_mse_before"]
+
+
 def test_book_model_is_the_reference_model_in_quick_mode(monkeypatch):
     monkeypatch.setenv("CAPSBOOK_MODE", "quick")
     model, record = pretrained.book_model()
@@ -152,7 +174,9 @@ def test_list_prints_the_readme_table(capsys, tmp_path, monkeypatch):
     assert rows[0].startswith("| name | parameters |") and len(rows) == 2 + len(pretrained.NAMES)
     for name, row in zip(pretrained.NAMES, rows[2:]):
         rec = json.loads((pretrained.reference_dir() / f"{name}.json").read_text())
-        assert row.startswith(f"| `{name}` | {rec['parameters']:,} | {rec['training']['epochs_run']} |")
+        stage = rec["training"].get("decoder_stage")
+        epochs = f"{rec['training']['epochs_run']}" + (f" + {stage['epochs']} decoder-only" if stage else "")
+        assert row.startswith(f"| `{name}` | {rec['parameters']:,} | {epochs} |")
     monkeypatch.setenv("CAPSLIB_REFERENCE_DIR", str(tmp_path))      # nothing exported there
     pretrained.main(["list"])
     assert "not exported (run `make reference-models`)" in capsys.readouterr().out

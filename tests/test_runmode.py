@@ -62,6 +62,9 @@ def test_describe_and_model_note_name_mode_data_and_machine(env):
         "reference model `mnist` (8,215,728 parameters): trained by `make reference-models`, 23 epochs on "
         "7,996 digits; accuracy 99.10% on held-out data; CPU (2 cores) via tensorflow, "
         "2026-12-02 06:00 UTC, commit 0123456")
+    reference["training"]["decoder_stage"] = {"epochs": 12, "copies": 2, "history": []}
+    assert "23 epochs on 7,996 digits, then its decoder alone for 12 epochs (capsules frozen); " in \
+        runmode.model_note(reference)
 
 
 @pytest.mark.parametrize("gpus, expected", [((), "quick"), (("NVIDIA H200",), "full")])
