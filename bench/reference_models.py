@@ -18,7 +18,7 @@ from capslib import pretrained  # noqa: E402
 # Issue 12's targets for the "mnist" model on the 2,004 held-out digits: (key, rule, bound, what)
 MNIST_TARGETS = [("heldout_accuracy", ">=", 0.99, "held-out accuracy"),
                  ("reconstruction_mse", "<=", 0.0295, "reconstruction MSE per pixel (half of 1-epoch quick mode's 0.059)"),
-                 ("fig4_effect_max", ">=", 0.04, "Fig. 4 effect, largest mean |pixel change| (4× quick mode's 0.010)")]
+                 ("fig4_effect_max", ">=", 0.04, "Fig. 4 effect, largest mean \\|pixel change\\| (4× quick mode's 0.010)")]
 PAPER_AFFINE = {"affine_capsnet": 0.79, "affine_cnn": 0.66}   # Sabour et al. 2017, section 5.2 (affNIST)
 
 

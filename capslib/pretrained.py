@@ -435,7 +435,7 @@ def train(name, out=None, fresh=False, verbose=1, smoke=None):
             "data": f"{stage['copies']} copies of the training digits (the first unshifted, the others ±2 px), "
                     "each capsule masked by its label",
             "loss": "0.0005 × sum of squared pixel errors, Adam 1e-3, batch 128",
-            "reconstruction_mse_before": before,
+            "reconstruction_mse_before": before, "environment": _environment(),
             **stage, "history": entries}
         _save_run(model, history, out)
     return history
