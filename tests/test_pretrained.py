@@ -180,3 +180,11 @@ def test_list_prints_the_readme_table(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("CAPSLIB_REFERENCE_DIR", str(tmp_path))      # nothing exported there
     pretrained.main(["list"])
     assert "not exported (run `make reference-models`)" in capsys.readouterr().out
+
+
+def test_readme_reference_table_is_what_list_prints(capsys):
+    # The README's table is pasted from `python -m capslib.pretrained list`: it must not drift.
+    pretrained.main(["list"])
+    table = capsys.readouterr().out.strip()
+    readme = (pretrained.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert table in readme, "README's reference-model table differs from `python -m capslib.pretrained list`"
