@@ -2,8 +2,8 @@
 exactly as capslib.exercises.exercise_cells makes them, at the end of its section, and
 scripts/sync_exercise_cells.py --check finds nothing to rewrite."""
 
+import importlib.util
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,26 +44,25 @@ def test_sync_script_finds_nothing_to_rewrite():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def _load_sync_script():
+    # The book-syncing script's own markdown reading, so the test and the script cannot disagree.
+    spec = importlib.util.spec_from_file_location("sync_exercise_cells", ROOT / "scripts" / "sync_exercise_cells.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SYNC = _load_sync_script()
+
+
 def _cells(name):
     nb = json.loads((ROOT / "book" / f"{name}.ipynb").read_text())
-    return [(c["cell_type"], "".join(c["source"]) if isinstance(c["source"], list) else c["source"],
-             c.get("metadata", {})) for c in nb["cells"]]
+    return [(c["cell_type"], SYNC.source_of(c), c.get("metadata", {})) for c in nb["cells"]]
 
 
 def _headings(source):
     """The heading lines of a markdown cell, fenced code blocks skipped, as text without the #s."""
-    out, fence = [], None
-    for line in source.split("\n"):
-        m = re.match(r"\s*(`{3,}|~{3,})", line)
-        if m:
-            if fence is None:
-                fence = m.group(1)
-            elif m.group(1).startswith(fence):
-                fence = None
-            continue
-        if fence is None and re.match(r"#{1,6} ", line):
-            out.append(line.lstrip("#").strip())
-    return out
+    return [text for _, text in SYNC.headings(source)]
 
 
 def _looks_like_exercise(cell):
